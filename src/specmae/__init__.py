@@ -1,0 +1,3 @@
+"""specmae: self-supervised audio representations by Masked Spectrogram Modeling."""
+
+__version__ = "0.1.0"

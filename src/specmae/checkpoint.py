@@ -1,0 +1,185 @@
+"""Checkpoints that describe themselves (design.md section 6).
+
+A checkpoint is a directory:
+
+    model.safetensors   weights of the MaskedAutoencoder (encoder.* and decoder parts)
+    config.json         model + front-end config, normalisation stats, masking, step, ...
+    train_state.pt      optimizer, scheduler position, RNG states (only for resume)
+
+It is written under a temporary name, fsynced and renamed, so a crash never leaves a
+half-written checkpoint. A run folder keeps several under `checkpoints/` and a `latest`
+pointer file that is replaced atomically after each new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT = "specmae-checkpoint"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAIN_STATE = "train_state.pt"
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A path that is not a readable specmae checkpoint; the message names it and why."""
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
+                    train_state: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically; an existing one at `path` is replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "version": VERSION, **config}, indent=1))
+        if train_state is not None:
+            torch.save(train_state, tmp / TRAIN_STATE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, or a run folder (its latest checkpoint), -> checkpoint directory."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    for pointer in (path / LATEST, path / "checkpoints" / LATEST):
+        if pointer.is_file():
+            return pointer.parent / pointer.read_text().strip()
+    if path.is_file() and path.name == CONFIG:
+        path = path.parent
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise CheckpointError(
+            f"{path}: not a specmae checkpoint (expected a folder with {CONFIG} and {WEIGHTS}, "
+            f"or a run folder with checkpoints/{LATEST}); official MSM-MAE .pth files need `specmae convert`")
+    return path
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    path = resolve(path)
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / CONFIG}: unreadable checkpoint config ({e})") from e
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{path / CONFIG}: not a specmae checkpoint config (format={config.get('format')!r})")
+    return config
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """-> (state_dict, config). Weights come from safetensors only: nothing is unpickled."""
+    path = resolve(path)
+    config = read_config(path)
+    try:
+        state = load_file(str(path / WEIGHTS), device=str(map_location))
+    except Exception as e:  # safetensors raises several types for truncated or foreign files
+        raise CheckpointError(f"{path / WEIGHTS}: unreadable weights ({e})") from e
+    return state, config
+
+
+def load_train_state(path: str | os.PathLike) -> dict:
+    path = resolve(path) / TRAIN_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing training state; this checkpoint cannot resume training")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def commit_latest(run_checkpoints: Path, name: str, keep: int = 2) -> None:
+    """Point `latest` at checkpoint `name`, then prune all but the newest `keep`."""
+    atomic_write_text(run_checkpoints / LATEST, name + "\n")
+    steps = sorted(p for p in run_checkpoints.glob("step-*") if p.is_dir() and not p.name.startswith("."))
+    for old in steps[:-keep]:
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# --- official MSM-MAE weights -----------------------------------------------------------
+
+ENCODER_KEYS = ("cls_token", "patch_embed.", "blocks.", "norm.")
+FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
+
+
+def from_official_state_dict(official: dict, model: torch.nn.Module, atol: float = 1e-5) -> dict:
+    """Map an official MSM-MAE state dict onto `model` (a MaskedAutoencoder) key by key.
+
+    Encoder keys gain the `encoder.` prefix; the fixed positional tables are not stored by
+    specmae, so they are checked against the ones the config rebuilds instead. Raises
+    CheckpointError listing every missing or unexpected key.
+    """
+    ours = model.state_dict()
+    mapped, problems = {}, []
+    for key, value in official.items():
+        if key in FIXED_TABLES:
+            expected = model.encoder.pos_embed if key == "pos_embed" else model.decoder_pos_embed
+            if tuple(value.shape) != tuple(expected.shape):
+                problems.append(f"{key}: shape {tuple(value.shape)} but the config gives {tuple(expected.shape)}")
+            elif not torch.allclose(value.float(), expected, atol=atol):
+                problems.append(f"{key}: not the fixed sin-cos table this config rebuilds")
+            continue
+        name = f"encoder.{key}" if key.startswith(ENCODER_KEYS) else key
+        if name not in ours:
+            problems.append(f"unexpected key {key}")
+        elif tuple(ours[name].shape) != tuple(value.shape):
+            problems.append(f"{key}: shape {tuple(value.shape)}, expected {tuple(ours[name].shape)}")
+        else:
+            mapped[name] = value
+    problems += [f"missing key {k}" for k in ours if k not in mapped]
+    if problems:
+        raise CheckpointError("official weights do not fit the model:\n  " + "\n  ".join(problems))
+    return mapped
