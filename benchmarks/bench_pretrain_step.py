@@ -1,0 +1,75 @@
+"""Pre-training step throughput: forward + backward + AdamW step, samples/s and share of matmul peak.
+
+    python benchmarks/bench_pretrain_step.py --preset 80x208p16x16 --size base --batch 16
+
+Prints a Markdown table; results are recorded in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+import torch
+
+from common import load_average, machine, mae_step_flops, matmul_peak, timeit
+from specmae.mae import MaskedAutoencoder
+from specmae.masking import random_masking
+from specmae.pretrain import param_groups
+from specmae.presets import model_config
+
+
+def step_fn(model, optimizer, x, ratio, bf16, generator):
+    device = x.device
+
+    def step():
+        ids = random_masking(x, model.cfg.encoder.grid, ratio, generator)
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss, _, _ = model(x, ratio, ids_shuffle=ids)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", default="80x208p16x16")
+    p.add_argument("--size", default="base")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--mask-ratio", type=float, default=0.75)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--modes", default="fp32,bf16")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = model_config(args.preset, args.size)
+    flops = mae_step_flops(cfg, args.mask_ratio)
+    print(f"machine: {machine()}; load average before: {load_average():.2f}")
+    print(f"model: {args.size} {args.preset}, batch {args.batch}, mask ratio {args.mask_ratio}, "
+          f"{flops / 1e9:.2f} GFLOP per sample per step (analytic, forward + backward)\n")
+    print("| mode | samples/s | model TFLOP/s | matmul peak TFLOP/s | share of peak |")
+    print("|---|---|---|---|---|")
+    for mode in args.modes.split(","):
+        bf16 = mode == "bf16"
+        torch.manual_seed(0)
+        model = MaskedAutoencoder(cfg).to(device).train()
+        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
+        net = torch.compile(model) if args.compile else model
+        x = torch.randn(args.batch, 1, cfg.encoder.n_mels, cfg.encoder.n_frames, device=device)
+        generator = torch.Generator(device).manual_seed(0)
+        seconds = timeit(step_fn(net, optimizer, x, args.mask_ratio, bf16, generator), device, args.repeats)
+        peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device)
+        achieved = flops * args.batch / seconds
+        print(f"| {mode}{' compiled' if args.compile else ''} | {args.batch / seconds:.2f} | "
+              f"{achieved / 1e12:.3f} | {peak / 1e12:.3f} | {100 * achieved / peak:.0f} % |", flush=True)
+    print(f"\nload average after: {load_average():.2f}")
+
+
+if __name__ == "__main__":
+    main()

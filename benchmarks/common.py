@@ -1,0 +1,90 @@
+"""Shared pieces of the benchmark scripts: machine description, matmul peak, FLOP counts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from specmae.presets import ModelConfig
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        desc += f", {torch.cuda.get_device_name()}"
+    return desc
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Achieved FLOP/s of an n x n x n matmul: the machine's practical peak for this dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    if device.type == "cuda":
+        n, a, b = 8192, torch.randn(8192, 8192, device=device, dtype=dtype), torch.randn(8192, 8192, device=device, dtype=dtype)
+    seconds = timeit(lambda: a @ b, device, repeats)
+    return 2 * n ** 3 / seconds
+
+
+def _blocks_flops(tokens: int, dim: int, depth: int, mlp_ratio: float) -> float:
+    """Forward FLOPs of `depth` transformer blocks on `tokens` tokens (matmuls only)."""
+    linear = 2 * tokens * dim * dim * (3 + 1 + 2 * mlp_ratio)
+    attention = 2 * 2 * tokens * tokens * dim
+    return depth * (linear + attention)
+
+
+def encoder_flops(cfg: ModelConfig, visible: int | None = None) -> float:
+    """Forward FLOPs per sample of the encoder on `visible` patches (default: all)."""
+    enc = cfg.encoder
+    n = (enc.num_patches if visible is None else visible) + (1 if enc.use_cls else 0)
+    patch_embed = 2 * enc.num_patches * enc.patch_f * enc.patch_t * enc.dim
+    return patch_embed + _blocks_flops(n, enc.dim, enc.depth, enc.mlp_ratio)
+
+
+def mae_step_flops(cfg: ModelConfig, mask_ratio: float) -> float:
+    """Forward + backward FLOPs per sample of one MAE training step (backward = 2 x forward)."""
+    enc, dec = cfg.encoder, cfg.decoder
+    visible = int(enc.num_patches * (1 - mask_ratio))
+    n_enc = visible + (1 if enc.use_cls else 0)
+    n_dec = enc.num_patches + (1 if enc.use_cls else 0)
+    forward = (encoder_flops(cfg, visible) + 2 * n_enc * enc.dim * dec.dim
+               + _blocks_flops(n_dec, dec.dim, dec.depth, dec.mlp_ratio)
+               + 2 * n_dec * dec.dim * enc.patch_f * enc.patch_t)
+    return 3 * forward

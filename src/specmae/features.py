@@ -1,0 +1,338 @@
+"""Frame and clip features from a frozen encoder, for audio of any length (design.md section 5).
+
+    waveform (S,) --LogMelFrontend--> log-mel (F, T_lms) --normalise--> T-frame chunks
+      --encoder on all patches--> frame features (ceil(T_lms / p_t), N_F*D) --time mean--> clip (N_F*D,)
+
+Chunking is the official MSM-MAE runtime's, whose embeddings it reproduces, with one change:
+a clip whose length is an exact multiple of T gets no extra chunk of pure padding (the official
+code encodes one and trims it away). Every chunk of every clip in a call is encoded in groups of
+bounded size, so working memory does not grow with the length of the audio.
+
+Padding. The last chunk is filled with 0 in the *normalised* domain, as in the official runtime.
+With the checkpoint's stored statistics (the default) 0 is the corpus mean, a constant: a clip's
+embedding then never depends on its batch-mates, and a converted official model reproduces the
+official wrapper whenever its batch statistics equal the stored ones. (Log-mel silence would be
+the other candidate; it would move the features of the partly padded last frame away from the
+official ones for no gain.) Per-batch normalisation ('batch') exists only to reproduce the
+official wrapper: mean and unbiased std over every log-mel value of the call, no eps.
+
+Frame count. A frame is kept while it covers at least one real log-mel frame: ceil(T_lms / p_t),
+which is the official count (its floor trim keeps partly padded frames). 10 s at 16 kHz:
+1,001 log-mel frames -> 63 frames of 160 ms with 16-frame patches, 251 of 40 ms with 4-frame ones.
+
+Timestamps (ms) are span centres computed from integers: log-mel frame k is centred on sample
+k * hop, so frame i is centred at (i*p_t + (p_t - 1)/2) * hop / sr, i.e. 160*i + 75 ms for p_t = 16.
+
+Layers: index l in 0..depth-1 is block l's output; the last one is taken after the final
+LayerNorm and the others before it (the official convention). Several layers are averaged
+('mean') or concatenated along the feature axis ('concat').
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .audio import AudioError, FrontendConfig, LogMelFrontend, resample
+from .vit import Encoder
+
+NORMALIZATIONS = ("stored", "batch")
+LAYER_MODES = ("mean", "concat")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Tokens per encoder call: big enough to keep the matrix units busy, small enough that the
+# activations of a block stay in cache on a CPU. Bounds the working memory of any length.
+CHUNK_TOKENS = {"cpu": 2048, "cuda": 65536}
+
+
+def tokens_to_frames(tokens: Tensor, grid: tuple[int, int], num_prefix: int) -> Tensor:
+    """(B, [1+]N_F*N_T, D) encoder tokens -> (B, N_T, N_F*D) frame features.
+
+    Every frequency row of a time step is kept: feature index = f_row * D + d.
+    """
+    n_f, n_t = grid
+    z = tokens[:, num_prefix:]
+    B, _, D = z.shape
+    return z.reshape(B, n_f, n_t, D).transpose(1, 2).reshape(B, n_t, n_f * D)
+
+
+@torch.no_grad()
+def frame_features(encoder: Encoder, x: Tensor) -> Tensor:
+    """x: (B, 1, F, T) normalised log-mel of exactly the encoder's width -> (B, N_T, N_F*D)."""
+    return tokens_to_frames(encoder(x), encoder.cfg.grid, encoder.num_prefix)
+
+
+def num_frames(n_lms: int, patch_t: int) -> int:
+    """Frame features of a clip of n_lms log-mel frames: those covering any real frame."""
+    return -(-n_lms // patch_t)
+
+
+def frame_timestamps(n: int, patch_t: int, hop: int, sample_rate: int) -> Tensor:
+    """Centres in ms of frames 0..n-1, (n,) float64, exact: never a float step accumulated."""
+    i = torch.arange(n, dtype=torch.int64)
+    return ((2 * i * patch_t + patch_t - 1) * hop * 1000).double() / (2 * sample_rate)
+
+
+def resolve_layers(layers: int | Sequence[int] | None, depth: int) -> list[int]:
+    """None -> [last]; negative indices count from the end. Raises naming the allowed range."""
+    chosen = [depth - 1] if layers is None else [layers] if isinstance(layers, int) else list(layers)
+    if not chosen or any(not -depth <= int(l) < depth for l in chosen):
+        raise ValueError(f"layers {layers!r}: the encoder has {depth} blocks, allowed 0..{depth - 1} "
+                         f"(or -{depth}..-1 from the end)")
+    return [int(l) % depth for l in chosen]
+
+
+def encode_chunks(forward: Callable[..., object], encoder: Encoder, x: Tensor, layers: list[int],
+                  layer_mode: str) -> Tensor:
+    """x (N, 1, F, T) normalised chunks -> (N, N_T, D_out) features of the chosen layers.
+
+    forward(x, return_layers) runs the encoder (in the chosen precision).
+    """
+    grid, prefix, last = encoder.cfg.grid, encoder.num_prefix, encoder.cfg.depth - 1
+    if layers == [last]:
+        return tokens_to_frames(forward(x, False), grid, prefix)
+    final, blocks = forward(x, True)
+    picked = [tokens_to_frames(final if l == last else blocks[l], grid, prefix) for l in layers]
+    if layer_mode == "concat":
+        return torch.cat(picked, dim=-1)
+    return sum(picked[1:], picked[0]) / len(picked)
+
+
+def embed_normalised(run: Callable[[Tensor], Tensor], lms: Sequence[Tensor], width: int, patch_t: int,
+                     chunks_per_call: int) -> list[Tensor]:
+    """Normalised log-mel clips [(F, T_i)] -> frame features [(ceil(T_i / p_t), D_out)].
+
+    Each clip is cut into ceil(T_i / width) chunks, the last one padded with 0; the chunks of all
+    clips are encoded `chunks_per_call` at a time by run: (n, 1, F, width) -> (n, N_T, D_out).
+    """
+    n_t = width // patch_t
+    plan = [(i, c) for i, x in enumerate(lms) for c in range(-(-x.shape[-1] // width))]
+    outs: list[Tensor | None] = [None] * len(lms)
+    for start in range(0, len(plan), chunks_per_call):
+        group = plan[start:start + chunks_per_call]
+        x = lms[0].new_zeros(len(group), 1, lms[0].shape[0], width)
+        for j, (i, c) in enumerate(group):
+            piece = lms[i][:, c * width:(c + 1) * width]
+            x[j, 0, :, :piece.shape[-1]] = piece
+        feats = run(x)
+        for j, (i, c) in enumerate(group):
+            if outs[i] is None:
+                outs[i] = feats.new_empty(-(-lms[i].shape[-1] // width) * n_t, feats.shape[-1])
+            outs[i][c * n_t:(c + 1) * n_t] = feats[j]
+    return [out[:num_frames(x.shape[-1], patch_t)] for out, x in zip(outs, lms)]
+
+
+@dataclass
+class Embeddings:
+    """Output of `Embedder.embed`, on the model's device, float32 features.
+
+    One clip (S,): frames (N, D), timestamps (N,), clip (D,). A batch (B, S): frames (B, N, D),
+    timestamps (B, N), clip (B, D). A list of clips of different lengths: lists of frames and
+    timestamps, clip (B, D). Timestamps are span centres in ms (float64).
+    """
+    frames: Tensor | list[Tensor]
+    timestamps: Tensor | list[Tensor]
+    clip: Tensor
+
+
+class Embedder(nn.Module):
+    """A frozen encoder with its front-end and normalisation: audio in, embeddings out.
+
+    Eval mode, no gradients; runs on the device it is moved to (`.to("cuda")`).
+    Options: layers / layer_mode (see module doc), normalization 'stored' | 'batch',
+    precision 'fp32' | 'bf16' | 'fp16' (CUDA), chunks_per_call (default from CHUNK_TOKENS).
+    """
+
+    def __init__(self, encoder: Encoder, frontend: FrontendConfig, norm_stats: Sequence[float], *,
+                 layers: int | Sequence[int] | None = None, layer_mode: str = "mean",
+                 normalization: str = "stored", precision: str = "fp32",
+                 chunks_per_call: int | None = None, config: dict | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.frontend = LogMelFrontend(frontend).to(next(encoder.parameters()).device)
+        self.norm_stats = (float(norm_stats[0]), float(norm_stats[1]))
+        if not np.isfinite(self.norm_stats).all() or self.norm_stats[1] <= 0:
+            raise ValueError(f"norm_stats {norm_stats}: expected a finite mean and a positive std")
+        self.layers = resolve_layers(layers, encoder.cfg.depth)
+        self.layer_mode, self.normalization, self.precision = layer_mode, normalization, precision
+        self.chunks_per_call = chunks_per_call
+        self.config = config or {}
+        self._options(None, None, None, None)
+        self._lowp: tuple[tuple, dict] | None = None
+        self.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.frontend.window.device
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.frontend.cfg.sample_rate)
+
+    @property
+    def embedding_size(self) -> int:
+        """Width of a frame feature (and of the clip embedding)."""
+        n_f, _ = self.encoder.cfg.grid
+        d = n_f * self.encoder.cfg.dim
+        return int(d * len(self.layers) if self.layer_mode == "concat" else d)
+
+    @property
+    def frame_hop_ms(self) -> float:
+        """Time between frame features: p_t log-mel hops (160 ms for 16-frame patches)."""
+        return self.encoder.cfg.patch_t * self.frontend.cfg.hop_length * 1000 / self.sample_rate
+
+    def timestamps(self, n: int) -> Tensor:
+        cfg = self.frontend.cfg
+        return frame_timestamps(n, self.encoder.cfg.patch_t, cfg.hop_length, cfg.sample_rate)
+
+    def _forward_fn(self, precision: str) -> Callable[[Tensor, bool], object]:
+        dtype = PRECISIONS[precision]
+        if dtype is None:
+            return lambda x, layers: self.encoder(x, return_layers=layers)
+        if dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on a CPU")
+        # Matrices cast once and reused: autocast would re-cast every weight on every call,
+        # which costs more than the matmuls themselves for a single short clip.
+        weights = [(n, p) for n, p in self.encoder.named_parameters() if p.ndim >= 2]
+        key = (dtype, self.device, tuple((id(p), p._version) for _, p in weights))
+        if self._lowp is None or self._lowp[0] != key:
+            self._lowp = (key, {n: p.detach().to(dtype) for n, p in weights})
+        params, device_type = self._lowp[1], self.device.type
+
+        def forward(x: Tensor, layers: bool):
+            with torch.autocast(device_type, dtype=dtype):
+                return torch.func.functional_call(self.encoder, params, (x,), {"return_layers": layers})
+        return forward
+
+    def _clips(self, audio, sample_rate: int, names: Sequence[str] | None) -> tuple[list[Tensor], list[str], str]:
+        """Any accepted input -> (mono float32 clips at the model rate on the device, names, kind)."""
+        if isinstance(audio, (list, tuple)):
+            items, kind = list(audio), "list"
+        else:
+            audio = audio if isinstance(audio, Tensor) else torch.as_tensor(np.asarray(audio))
+            if audio.ndim not in (1, 2):
+                raise ValueError(f"audio of shape {tuple(audio.shape)}: expected (S,) or (B, S) mono samples "
+                                 "(mix channels first), or a list of 1-D clips")
+            items, kind = (list(audio) if audio.ndim == 2 else [audio]), ("batch" if audio.ndim == 2 else "one")
+        names = list(names) if names is not None else [f"audio[{i}]" for i in range(len(items))]
+        if not items:
+            raise ValueError("no audio given")
+        clips = []
+        for item, name in zip(items, names):
+            x = item if isinstance(item, Tensor) else torch.as_tensor(np.asarray(item))
+            if x.ndim != 1:
+                raise AudioError(f"{name}: shape {tuple(x.shape)}, expected mono samples (S,)")
+            if not (x.is_floating_point()):
+                raise AudioError(f"{name}: {x.dtype} samples; give float samples in [-1, 1]")
+            if x.numel() == 0:
+                raise AudioError(f"{name}: empty audio (0 samples)")
+            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+                raise AudioError(f"{name}: non-finite samples (NaN or inf)")
+            if int(sample_rate) != self.sample_rate:
+                x = torch.from_numpy(resample(x.detach().cpu().float().numpy(), int(sample_rate), self.sample_rate))
+                if x.numel() == 0:
+                    raise AudioError(f"{name}: too short, gives 0 samples at {self.sample_rate} Hz")
+            clips.append(x.to(self.device, torch.float32))
+        return clips, names, kind
+
+    def _normalise(self, lms: Tensor | list[Tensor], names: list[str], normalization: str) -> list[Tensor]:
+        """Log-mel (B, F, T) or [(F, T_i)] -> normalised [(F, T_i)]; raises naming a non-finite clip."""
+        clips = list(lms.unbind(0)) if isinstance(lms, Tensor) else lms
+        finite = torch.isfinite(torch.stack([x.sum() for x in clips])).tolist()  # NaN and inf propagate
+        for ok, name in zip(finite, names):
+            if not ok:
+                raise AudioError(f"{name}: log-mel is not finite (samples far outside [-1, 1]?)")
+        if normalization == "stored":
+            mean, std = self.norm_stats
+        else:  # the official wrapper: statistics of this call's whole batch, unbiased std, no eps
+            flat = lms if isinstance(lms, Tensor) else torch.cat([x.reshape(-1) for x in clips])
+            mean, std = flat.mean(), flat.std()
+            if not float(std) > 0:
+                raise ValueError(f"per-batch normalisation of {', '.join(names[:3])}: the log-mel is constant "
+                                 "(silence?) so its std is 0; use normalization='stored'")
+        return [(x - mean) / std for x in clips]
+
+    def _options(self, layers, layer_mode, normalization, precision) -> tuple[list[int], str, str, str]:
+        chosen = (self.layers if layers is None else resolve_layers(layers, self.encoder.cfg.depth),
+                  layer_mode or self.layer_mode, normalization or self.normalization, precision or self.precision)
+        for name, value, allowed in [("layer_mode", chosen[1], LAYER_MODES),
+                                     ("normalization", chosen[2], NORMALIZATIONS),
+                                     ("precision", chosen[3], tuple(PRECISIONS))]:
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r}: allowed {allowed}")
+        return chosen
+
+    @torch.inference_mode()
+    def embed(self, audio, sample_rate: int, *, names: Sequence[str] | None = None,
+              layers: int | Sequence[int] | None = None, layer_mode: str | None = None,
+              normalization: str | None = None, precision: str | None = None) -> Embeddings:
+        """audio: (S,) or (B, S) tensor/array, or a list of 1-D clips, at `sample_rate` (resampled here).
+
+        Keyword options override the embedder's for this call; `names` label clips in errors.
+        """
+        options = self._options(layers, layer_mode, normalization, precision)
+        clips, names, kind = self._clips(audio, sample_rate, names)
+        same = all(c.shape == clips[0].shape for c in clips)
+        lms = self.frontend(torch.stack(clips)) if same else [self.frontend(c) for c in clips]
+        return self._embed_lms(lms, names, kind, *options)
+
+    @torch.inference_mode()
+    def embed_lms(self, lms: Tensor | Sequence[Tensor], *, names: Sequence[str] | None = None,
+                  layers: int | Sequence[int] | None = None, layer_mode: str | None = None,
+                  normalization: str | None = None, precision: str | None = None) -> Embeddings:
+        """Like `embed`, from log-mel as LogMelFrontend gives it (not normalised):
+        (F, T), (B, F, T), or a list of (F, T_i), on the model's device."""
+        options = self._options(layers, layer_mode, normalization, precision)
+        kind = "list" if isinstance(lms, (list, tuple)) else "one" if lms.ndim == 2 else "batch"
+        lms = list(lms) if kind == "list" else lms[None] if kind == "one" else lms
+        names = list(names) if names is not None else [f"lms[{i}]" for i in range(len(lms))]
+        return self._embed_lms(lms, names, kind, *options)
+
+    def _embed_lms(self, lms, names: list[str], kind: str, layers: list[int], layer_mode: str,
+                   normalization: str, precision: str) -> Embeddings:
+        enc = self.encoder.cfg
+        forward = self._forward_fn(precision)
+        per_call = self.chunks_per_call or max(1, CHUNK_TOKENS.get(self.device.type, 8192)
+                                               // (enc.num_patches + self.encoder.num_prefix))
+        frames = embed_normalised(lambda x: encode_chunks(forward, self.encoder, x, layers, layer_mode).float(),
+                                  self._normalise(lms, names, normalization), enc.n_frames, enc.patch_t, per_call)
+        if precision == "fp16" and not all(bool(torch.isfinite(f.sum())) for f in frames):
+            raise FloatingPointError(f"non-finite embedding for {names} in fp16: use precision 'bf16' or 'fp32'")
+        stamps = [self.timestamps(f.shape[0]) for f in frames]
+        clip = torch.stack([f.mean(0) for f in frames])
+        if kind == "one":
+            return Embeddings(frames[0], stamps[0], clip[0])
+        if kind == "batch":
+            return Embeddings(torch.stack(frames), torch.stack(stamps), clip)
+        return Embeddings(frames, stamps, clip)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        """(B, S) audio at the model rate -> frame features (B, N, D)."""
+        return self.embed(audio, self.sample_rate).frames
+
+
+def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
+    """A ready, eval-mode Embedder from a specmae checkpoint, a run folder, or an official
+    MSM-MAE/M2D .pth file (converted in memory; `specmae convert` keeps the result).
+
+    options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call),
+    and for .pth files the `checkpoint.load_official` options (preset, heads, norm_stats, ...).
+    """
+    from . import checkpoint
+
+    embed_keys = {"layers", "layer_mode", "normalization", "precision", "chunks_per_call"}
+    embed_opts = {k: v for k, v in options.items() if k in embed_keys}
+    other = {k: v for k, v in options.items() if k not in embed_keys}
+    if checkpoint.is_foreign_weights(path):
+        model, config = checkpoint.load_official(path, **other)
+        model = model.to(device)
+    else:
+        if other:
+            raise TypeError(f"unknown options {sorted(other)} for a specmae checkpoint; "
+                            f"allowed {sorted(embed_keys)}")
+        model, config = checkpoint.load_model(path, device)
+    return Embedder(model.encoder, FrontendConfig.from_dict(config["frontend"]), config["norm_stats"],
+                    config=config, **embed_opts)

@@ -1,0 +1,81 @@
+"""Corpus preparation, crops and bad input."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from specmae import synth
+from specmae.audio import FrontendConfig
+from specmae.data import CropBatches, corpus_from_waves, find_audio_files, load_corpus, prepare_corpus
+
+
+@pytest.fixture(scope="module")
+def small_corpus():
+    waves, labels = synth.make_corpus(12, seed=3, duration=1.0)
+    return corpus_from_waves(waves, FrontendConfig(), labels)
+
+
+def test_crops_are_deterministic_and_split_across_ranks(small_corpus):
+    a = CropBatches(small_corpus, 96, 2, seed=1, epoch=0)
+    b = CropBatches(small_corpus, 96, 2, seed=1, epoch=0)
+    assert torch.equal(a[3], b[3]) and a[0].shape == (2, 1, 80, 96)
+    assert not torch.equal(a[0], CropBatches(small_corpus, 96, 2, seed=1, epoch=1)[0])
+    r0, r1 = (CropBatches(small_corpus, 96, 2, seed=1, epoch=0, rank=r, world=2) for r in (0, 1))
+    assert set(r0.clips).isdisjoint(r1.clips) and len(r0) == len(r1) == 3
+
+
+def test_short_clips_are_padded_with_log_eps_silence(small_corpus):
+    batch = CropBatches(small_corpus, 208, 4, seed=0, epoch=0)[0]   # clips are 101 frames
+    assert torch.all(batch[..., 101:] == np.float32(np.log(np.float32(1.1920929e-07))))
+    assert torch.all(batch[..., :101] > np.log(1.1920929e-07) - 1e-3)
+
+
+def test_crop_matches_frontend_slice(small_corpus):
+    clip = small_corpus.crop(5, 10, 40, pad_value=0.0)
+    off = small_corpus.offsets[5]
+    np.testing.assert_array_equal(clip, small_corpus.frames[off + 10: off + 50].T)
+
+
+def test_prepare_folder_skips_bad_files_and_reuses_cache(tmp_path, caplog):
+    src = tmp_path / "audio"
+    synth.write_corpus(src, 6, seed=1, duration=1.0)
+    (src / "nested").mkdir()
+    sf.write(src / "nested" / "stereo.flac", np.random.default_rng(0).uniform(-.5, .5, (8000, 2)), 8000)
+    (src / "empty.wav").write_bytes(b"")
+    (src / "text.ogg").write_text("not audio")
+    sf.write(src / "nan.wav", np.full(400, np.nan, np.float32), 16000, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING):
+        out = prepare_corpus(src, tmp_path / "corpus", FrontendConfig(), 96)
+    corpus, (mean, std) = load_corpus(out)
+    index = json.loads((out / "index.json").read_text())
+    assert len(corpus) == 7 and corpus.frames.dtype == np.float16
+    assert sorted(e["path"].rsplit("/", 1)[1] for e in index["errors"]) == ["empty.wav", "nan.wav", "text.ogg"]
+    assert sum("skipping" in r.message for r in caplog.records) == 3
+    assert all(str(src) in e["error"] for e in index["errors"])
+    assert -20 < mean < 5 and 0.5 < std < 10
+    # the stereo 8 kHz file was mixed down and resampled: 1 s -> 101 frames
+    assert 101 in corpus.lengths.tolist()
+    stamp = (out / "lms.f16").stat().st_mtime_ns
+    prepare_corpus(src, tmp_path / "corpus", FrontendConfig(), 96)
+    assert (out / "lms.f16").stat().st_mtime_ns == stamp
+
+
+def test_folder_without_usable_audio_stops_clearly(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    with pytest.raises(ValueError, match="none of the 1 audio files could be read"):
+        prepare_corpus(tmp_path, tmp_path / "corpus", FrontendConfig(), 96)
+    (tmp_path / "a.wav").unlink()
+    with pytest.raises(ValueError, match="no audio files"):
+        prepare_corpus(tmp_path, tmp_path / "corpus", FrontendConfig(), 96)
+
+
+def test_find_audio_files_is_recursive_and_sorted(tmp_path):
+    for name in ["b/x.WAV", "a.mp3", "c/d/e.flac", "notes.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_audio_files(tmp_path)]
+    assert found == ["a.mp3", "b/x.WAV", "c/d/e.flac"]

@@ -1,0 +1,132 @@
+"""Pre-training loop: schedule, checkpoints, resume after kill -9, DDP under torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from specmae.checkpoint import load_checkpoint, load_train_state
+from specmae.pretrain import RunConfig, lr_at, param_groups, pretrain
+from specmae.mae import MaskedAutoencoder
+from specmae.presets import model_config
+
+HERE = Path(__file__).resolve().parent
+
+
+def tiny_run(**train) -> RunConfig:
+    """A model and corpus small enough for a step in milliseconds."""
+    model = model_config("80x96p16x16", "tiny", dim=48, depth=2, heads=3,
+                         decoder_dim=32, decoder_depth=1, decoder_heads=4)
+    cfg = RunConfig(model=model)
+    defaults = dict(builtin_clips=48, epochs=3, warmup_epochs=1, batch_size=8, workers=0,
+                    checkpoint_every=4, blr=1e-3)
+    for key, value in {**defaults, **train}.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def test_lr_schedule_warmup_then_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(101)]
+    assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[55] == pytest.approx(0.5) and lrs[100] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_weight_decay_groups():
+    model = MaskedAutoencoder(tiny_run().model)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 or p.ndim == 4 for p in decay["params"])
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"encoder.cls_token", "mask_token", "encoder.norm.bias", "encoder.blocks.0.attn.q_bias"} <= skipped
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_run_writes_checkpoints_logs_and_learns(tmp_path):
+    cfg = tiny_run(epochs=6)
+    result = pretrain(cfg, tmp_path, progress=False)
+    records = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == result.step == 6 * (48 // 8)
+    assert sum(losses[-6:]) < sum(losses[:6])
+    assert any(r.get("event") == "epoch" for r in records)
+    state, config = load_checkpoint(tmp_path)
+    assert config["step"] == result.step and len(config["norm_stats"]) == 2
+    assert config["model"] == cfg.model.to_dict()
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(state[name], value), name
+    # only the newest checkpoints are kept, and the pointer names the last one
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000032", "step-00000036"]
+    assert list((tmp_path / "tb").iterdir())
+
+
+def test_resume_continues_exactly(tmp_path):
+    full = pretrain(tiny_run(), tmp_path / "full", progress=False)
+    pretrain(tiny_run(), tmp_path / "cut", progress=False, max_steps=8)
+    resumed = pretrain(tiny_run(), tmp_path / "cut", resume=True, progress=False)
+    assert resumed.step == full.step
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+             if "loss" in l]
+    assert steps == list(range(1, full.step + 1))
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "specmae.cli", *args]
+
+
+def tiny_cli_args(out, epochs):
+    return ["pretrain", "--out", str(out), "--preset", "80x96p16x16", "--size", "tiny", "--quiet",
+            "--no-report", "--epochs", str(epochs), "--batch-size", "8", "--workers", "0",
+            "--checkpoint-every", "3", "--warmup-epochs", "1", "--set", "train.builtin_clips=48",
+            "--set", "model.encoder.depth=2", "--set", "model.decoder.depth=1"]
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path):
+    """A real process killed with SIGKILL mid-run resumes and ends with the same weights."""
+    epochs = 25
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_cli(*tiny_cli_args(tmp_path / "cut", epochs)), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = tmp_path / "cut" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pointer.is_file() and pointer.read_text().strip() >= "step-00000012"):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = [json.loads(l) for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    last_logged = max(r["step"] for r in logged if "loss" in r)
+    saved = load_train_state(tmp_path / "cut")["step"]
+    assert last_logged - saved < 3 and saved < epochs * 6
+    subprocess.run(_cli(*tiny_cli_args(tmp_path / "cut", epochs), "--resume"), env=env, check=True)
+    subprocess.run(_cli(*tiny_cli_args(tmp_path / "full", epochs)), env=env, check=True)
+    cut, cut_cfg = load_checkpoint(tmp_path / "cut")
+    full, full_cfg = load_checkpoint(tmp_path / "full")
+    assert cut_cfg["step"] == full_cfg["step"] == epochs * 6
+    for name in full:
+        torch.testing.assert_close(cut[name], full[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_hold_identical_weights(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(HERE / "ddp_worker.py"), str(tmp_path)], env=env, check=True, timeout=300)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    init = MaskedAutoencoder(tiny_run().model).state_dict()  # same seed as the run's init
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)  # it trained
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["train"]["micro_batch"] == 4  # 2 processes x 4 x 2 accumulation steps = 16
