@@ -130,3 +130,28 @@ def test_torchrun_two_processes_hold_identical_weights(tmp_path):
         assert torch.equal(r0[k], r1[k]), k
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["train"]["micro_batch"] == 4  # 2 processes x 4 x 2 accumulation steps = 16
+
+
+def test_masking_strategy_and_hint_schedule_are_recorded(tmp_path):
+    cfg = tiny_run(epochs=4)
+    cfg.masking.strategy, cfg.masking.hint_start_epoch = "dwm", 2
+    pretrain(cfg, tmp_path, progress=False)
+    _, config = load_checkpoint(tmp_path)
+    assert config["masking"]["strategy"] == "dwm" and config["masking"]["hint_start_epoch"] == 2
+    hints = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines() if "hint_ratio" in l]
+    # h = 1 before the start epoch, then 1 - (e/E)^2
+    assert [h["hint_ratio"] for h in hints] == pytest.approx([1.0, 1.0, 0.75, 1 - (3 / 4) ** 2])
+
+
+def test_impossible_run_configs_fail_at_start(tmp_path):
+    cfg = tiny_run()
+    cfg.masking.ratio = 1.0
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
+        pretrain(cfg, tmp_path, progress=False)
+    cfg = tiny_run(batch_size=10, micro_batch=4)
+    with pytest.raises(ValueError, match="not a multiple"):
+        pretrain(cfg, tmp_path, progress=False)
+    cfg = tiny_run()
+    cfg.masking.strategy = "checkerboard"
+    with pytest.raises(ValueError, match="allowed"):
+        pretrain(cfg, tmp_path, progress=False)
