@@ -75,6 +75,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is shared like any output
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "version": VERSION, **config}, indent=1))
@@ -304,16 +305,18 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
         notes.append(f"input {preset} read from the name {name!r}")
     if preset is None:
         rows = need("pos_embed").shape[1] - use_cls
-        preset = f"80x{rows // (80 // pf) * pt}p{pf}x{pt}"
+        preset = f"80x{rows // max(1, 80 // pf) * pt}p{pf}x{pt}"
         notes.append(f"input {preset} inferred from pos_embed assuming 80 mel bins; pass a preset if wrong")
     n_mels, n_frames, ppf, ppt = parse_preset(preset)
     if (ppf, ppt) != (pf, pt):
         raise CheckpointError(f"{name}: preset {preset} has {ppf}x{ppt} patches, the weights {pf}x{pt}")
     qkv = "kzero" if "blocks.0.attn.q_bias" in state else "full" if "blocks.0.attn.qkv.bias" in state else None
+    if qkv is None:
+        raise CheckpointError(f"{name}: blocks.0.attn has neither q_bias/v_bias nor qkv.bias: unsupported")
     heads = heads or ENCODER_HEADS.get(dim)
-    if qkv is None or heads is None:
-        raise CheckpointError(f"{name}: " + ("blocks.0.attn has no q_bias/v_bias nor qkv.bias" if qkv is None else
-                              f"cannot infer the heads of a {dim}-wide encoder (known {ENCODER_HEADS}); pass heads"))
+    if heads is None:
+        raise CheckpointError(f"{name}: cannot infer the heads of a {dim}-wide encoder (known {ENCODER_HEADS}); "
+                              "pass heads (CLI: --heads)")
     enc = EncoderConfig(n_mels, n_frames, pf, pt, dim, _depth(state, "blocks."), heads,
                         need("blocks.0.mlp.fc1.weight").shape[0] / dim, use_cls, qkv)
     pred = state.get("decoder_pred.weight")
@@ -323,7 +326,7 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
         d_heads = decoder_heads or DECODER_HEADS.get(d_dim)
         if d_heads is None:
             raise CheckpointError(f"{name}: cannot infer the heads of a {d_dim}-wide decoder "
-                                  f"(known {DECODER_HEADS}); pass decoder heads")
+                                  f"(known {DECODER_HEADS}); pass decoder_heads (CLI: --decoder-heads)")
         table = state.get("decoder_pos_embed")
         grid_table = sincos_2d(d_dim, enc.grid, use_cls) if d_dim % 4 == 0 else None
         pos = "2d" if (table is not None and grid_table is not None and table.shape == grid_table.shape

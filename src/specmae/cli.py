@@ -48,6 +48,13 @@ def set_path(d: dict, dotted: str, value) -> None:
 
 def pretrain_config(args: argparse.Namespace):
     """Defaults <- --config file <- named flags <- --set key=value."""
+    try:
+        return _pretrain_config(args)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"invalid configuration: {e}") from e
+
+
+def _pretrain_config(args: argparse.Namespace):
     from .presets import model_config
     from .pretrain import RunConfig
 
@@ -74,10 +81,7 @@ def pretrain_config(args: argparse.Namespace):
         if not sep:
             raise SystemExit(f"--set {item!r}: expected key=value, e.g. model.encoder.depth=6")
         set_path(d, key, yaml.safe_load(value))
-    try:
-        return RunConfig.from_dict(d)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"invalid configuration: {e}") from e
+    return RunConfig.from_dict(d)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -139,6 +143,52 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"prepared corpus: {out}")
 
 
+def cmd_embed(args: argparse.Namespace) -> None:
+    from .embed import embed_files
+    from .features import load
+
+    try:
+        embedder = load(args.checkpoint, args.device, chunks_per_call=args.chunks_per_call)
+        summary = embed_files(embedder, args.inputs, args.out, args.table, checkpoint=args.checkpoint,
+                              batch_seconds=args.batch_seconds, workers=args.workers, overwrite=args.overwrite,
+                              progress=not args.quiet, layers=args.layers, layer_mode=args.layer_mode,
+                              precision=args.precision)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"specmae embed: {e}") from e
+    print(f"embedded {summary.embedded} files ({summary.seconds_of_audio:.1f} s of audio), "
+          f"skipped {summary.skipped} already done, failed {len(summary.failed)}")
+    for name, reason in summary.failed:
+        print(f"  failed: {reason}" if name in reason else f"  failed: {name}: {reason}")
+    if summary.failed:
+        raise SystemExit(1)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .checkpoint import convert_official
+
+    try:
+        out, report = convert_official(args.source, args.out, preset=args.preset, heads=args.heads,
+                                       decoder_heads=args.decoder_heads, norm_stats=args.norm_stats,
+                                       norm_pix_loss=args.norm_pix_loss,
+                                       official_no_cls_quirk=args.official_no_cls_quirk)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"specmae convert: {e}") from e
+    print(report)
+    print(f"checkpoint: {out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export
+
+    out = args.out or str(Path(args.checkpoint).name) + {"torchscript": ".pt", "exported": ".pt2",
+                                                          "onnx": ".onnx"}[args.format]
+    try:
+        path = export(args.checkpoint, out, args.format)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"specmae export: {e}") from e
+    print(f"exported encoder ({args.format}, input: un-normalised log-mel chunks): {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specmae", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -176,6 +226,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=208, help="crop width used for the normalisation statistics")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("embed", help="frame and clip embeddings of audio files (one .npz each, or one table)")
+    p.add_argument("checkpoint", help="specmae checkpoint, run folder, or official .pth")
+    p.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="folder for one <relative path>.npz per file (frames, timestamps, clip)")
+    where.add_argument("--table", help="one .npz or .csv table of clip embeddings")
+    p.add_argument("--layers", type=int, nargs="+", help="encoder layers (default: last; negative from the end)")
+    p.add_argument("--layer-mode", choices=["mean", "concat"], help="combine several layers (default mean)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-seconds", type=float, default=160.0, help="audio per batch, across files")
+    p.add_argument("--chunks-per-call", type=int, help="encoder batch in model-width chunks")
+    p.add_argument("--workers", type=int, default=4, help="decoding threads")
+    p.add_argument("--overwrite", action="store_true", help="redo files already embedded")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("convert", help="official MSM-MAE or M2D .pth weights -> specmae checkpoint")
+    p.add_argument("source", help="checkpoint-<epoch>.pth, ideally inside its run folder <F>x<T>p<pf>x<pt>_<tag>")
+    p.add_argument("out", help="specmae checkpoint folder to write")
+    p.add_argument("--preset", help="input and patch size, e.g. 80x512p16x16 (default: from the run-folder name)")
+    p.add_argument("--heads", type=int, help="encoder heads (default: from the width)")
+    p.add_argument("--decoder-heads", type=int, help="decoder heads (default: from the width)")
+    p.add_argument("--norm-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
+                   help="log-mel statistics of the pre-training corpus (default: the file's, else AudioSet -7.1 4.2)")
+    p.add_argument("--norm-pix-loss", action="store_true", help="the model was trained with per-patch targets")
+    p.add_argument("--official-no-cls-quirk", action="store_true",
+                   help="reproduce the official decoder's dropped token (no-CLS models, reconstructions)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="export the encoder (log-mel chunks -> frame features, no front-end)")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", help="output file (default: <checkpoint name>.pt / .pt2 / .onnx)")
+    p.add_argument("--format", choices=["exported", "torchscript", "onnx"], default="exported",
+                   help="exported: torch.export .pt2 (default); torchscript: .pt; onnx: needs onnx + onnxscript")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -23,6 +23,10 @@ which is the official count (its floor trim keeps partly padded frames). 10 s at
 Timestamps (ms) are span centres computed from integers: log-mel frame k is centred on sample
 k * hop, so frame i is centred at (i*p_t + (p_t - 1)/2) * hop / sr, i.e. 160*i + 75 ms for p_t = 16.
 
+Memory per minute of 16 kHz audio: 3.8 MB of waveform, 1.9 MB of log-mel (twice, normalised),
+and the output, 375 frames (p_t = 16) or 1,500 (p_t = 4) of N_F*D floats: 5.8 or 23 MB for ViT-B.
+Beyond that the encoder's working set is that of one call of `chunks_per_call` chunks.
+
 Layers: index l in 0..depth-1 is block l's output; the last one is taken after the final
 LayerNorm and the others before it (the official convention). Several layers are averaged
 ('mean') or concatenated along the feature axis ('concat').
@@ -216,6 +220,9 @@ class Embedder(nn.Module):
             if audio.ndim not in (1, 2):
                 raise ValueError(f"audio of shape {tuple(audio.shape)}: expected (S,) or (B, S) mono samples "
                                  "(mix channels first), or a list of 1-D clips")
+            if audio.ndim == 2 and audio.shape[1] <= 8 < audio.shape[0]:
+                raise ValueError(f"audio of shape {tuple(audio.shape)} looks like (samples, channels): "
+                                 "mix to mono first (e.g. audio.mean(1)); a batch is (B, S)")
             items, kind = (list(audio) if audio.ndim == 2 else [audio]), ("batch" if audio.ndim == 2 else "one")
         names = list(names) if names is not None else [f"audio[{i}]" for i in range(len(items))]
         if not items:
@@ -238,8 +245,12 @@ class Embedder(nn.Module):
             clips.append(x.to(self.device, torch.float32))
         return clips, names, kind
 
-    def _normalise(self, lms: Tensor | list[Tensor], names: list[str], normalization: str) -> list[Tensor]:
-        """Log-mel (B, F, T) or [(F, T_i)] -> normalised [(F, T_i)]; raises naming a non-finite clip."""
+    def _normalise(self, lms: Tensor | list[Tensor], names: list[str], normalization: str,
+                   inplace: bool = False) -> list[Tensor]:
+        """Log-mel (B, F, T) or [(F, T_i)] -> normalised [(F, T_i)]; raises naming a non-finite clip.
+
+        inplace: overwrite `lms` (ours, not the caller's), so long audio holds one log-mel copy.
+        """
         clips = list(lms.unbind(0)) if isinstance(lms, Tensor) else lms
         finite = torch.isfinite(torch.stack([x.sum() for x in clips])).tolist()  # NaN and inf propagate
         for ok, name in zip(finite, names):
@@ -250,10 +261,10 @@ class Embedder(nn.Module):
         else:  # the official wrapper: statistics of this call's whole batch, unbiased std, no eps
             flat = lms if isinstance(lms, Tensor) else torch.cat([x.reshape(-1) for x in clips])
             mean, std = flat.mean(), flat.std()
-            if not float(std) > 0:
+            if not float(std) > 1e-3:  # a constant batch leaves only rounding noise in the float32 std
                 raise ValueError(f"per-batch normalisation of {', '.join(names[:3])}: the log-mel is constant "
-                                 "(silence?) so its std is 0; use normalization='stored'")
-        return [(x - mean) / std for x in clips]
+                                 f"(silence?), its std is {float(std):.2g} ~ 0; use normalization='stored'")
+        return [x.sub_(mean).div_(std) if inplace else (x - mean) / std for x in clips]
 
     def _options(self, layers, layer_mode, normalization, precision) -> tuple[list[int], str, str, str]:
         chosen = (self.layers if layers is None else resolve_layers(layers, self.encoder.cfg.depth),
@@ -265,7 +276,7 @@ class Embedder(nn.Module):
                 raise ValueError(f"{name} {value!r}: allowed {allowed}")
         return chosen
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: outputs may feed a trained probe
     def embed(self, audio, sample_rate: int, *, names: Sequence[str] | None = None,
               layers: int | Sequence[int] | None = None, layer_mode: str | None = None,
               normalization: str | None = None, precision: str | None = None) -> Embeddings:
@@ -275,11 +286,13 @@ class Embedder(nn.Module):
         """
         options = self._options(layers, layer_mode, normalization, precision)
         clips, names, kind = self._clips(audio, sample_rate, names)
-        same = all(c.shape == clips[0].shape for c in clips)
-        lms = self.frontend(torch.stack(clips)) if same else [self.frontend(c) for c in clips]
-        return self._embed_lms(lms, names, kind, *options)
+        if all(c.shape == clips[0].shape for c in clips):  # one front-end call; no copy of a lone clip
+            lms = self.frontend(clips[0][None] if len(clips) == 1 else torch.stack(clips))
+        else:
+            lms = [self.frontend(c) for c in clips]
+        return self._embed_lms(lms, names, kind, *options, inplace=True)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def embed_lms(self, lms: Tensor | Sequence[Tensor], *, names: Sequence[str] | None = None,
                   layers: int | Sequence[int] | None = None, layer_mode: str | None = None,
                   normalization: str | None = None, precision: str | None = None) -> Embeddings:
@@ -292,13 +305,14 @@ class Embedder(nn.Module):
         return self._embed_lms(lms, names, kind, *options)
 
     def _embed_lms(self, lms, names: list[str], kind: str, layers: list[int], layer_mode: str,
-                   normalization: str, precision: str) -> Embeddings:
+                   normalization: str, precision: str, inplace: bool = False) -> Embeddings:
         enc = self.encoder.cfg
         forward = self._forward_fn(precision)
         per_call = self.chunks_per_call or max(1, CHUNK_TOKENS.get(self.device.type, 8192)
                                                // (enc.num_patches + self.encoder.num_prefix))
         frames = embed_normalised(lambda x: encode_chunks(forward, self.encoder, x, layers, layer_mode).float(),
-                                  self._normalise(lms, names, normalization), enc.n_frames, enc.patch_t, per_call)
+                                  self._normalise(lms, names, normalization, inplace), enc.n_frames, enc.patch_t,
+                                  per_call)
         if precision == "fp16" and not all(bool(torch.isfinite(f.sum())) for f in frames):
             raise FloatingPointError(f"non-finite embedding for {names} in fp16: use precision 'bf16' or 'fp32'")
         stamps = [self.timestamps(f.shape[0]) for f in frames]

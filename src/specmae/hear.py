@@ -1,0 +1,123 @@
+"""HEAR 2021 API (design.md section 5), as checked by the `hearvalidator` package.
+
+    model = specmae.hear.load_model("runs/demo")          # checkpoint, run folder, official .pth
+    scene = get_scene_embeddings(audio, model)            # audio: (n_sounds, n_samples) at 16 kHz
+    frames, ts = get_timestamp_embeddings(audio, model)   # (n_sounds, n, D), (n_sounds, n) ms
+
+Both run on the device of `audio` (the model follows it), in eval mode, without gradients.
+
+Timestamps are span centres (160*i + 75 ms for 16-frame patches). HEAR requires every timestamp
+to lie within the audio, but the last frame may be only partly covered by audio and centred past
+its end (1.98 s: frame 12 is centred at 1,995 ms). Such a trailing frame is left out of the
+timestamp embeddings; it is at most one frame, since the frame before it ends inside the audio.
+A clip shorter than one frame keeps its frame, stamped at the centre of the audio it covers.
+Scene embeddings average every frame, as the official runtime does.
+
+`timestamps="official"` reproduces the official MSM-MAE wrapper instead: every frame, stamped
+at span starts with step = duration / frames; with `normalization="batch"` its embeddings too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .audio import FrontendConfig
+from .features import Embedder, load
+
+log = logging.getLogger(__name__)
+
+TIMESTAMP_MODES = ("centre", "official")
+EMBEDDER_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call")
+
+
+class HearModel(Embedder):
+    """An Embedder with the attributes the HEAR API asks for."""
+
+    timestamp_mode = "centre"
+
+    @property
+    def scene_embedding_size(self) -> int:
+        return self.embedding_size
+
+    @property
+    def timestamp_embedding_size(self) -> int:
+        return self.embedding_size
+
+
+def load_model(model_file_path: str = "", **options) -> HearModel:
+    """A specmae checkpoint or run folder, or an official MSM-MAE/M2D .pth (converted in memory).
+
+    options: layers, layer_mode, normalization, precision, chunks_per_call (see Embedder);
+    timestamps 'centre' | 'official'; device; for .pth files the import options (preset, heads,
+    decoder_heads, norm_stats). An empty path builds an untrained model from `preset` (default
+    80x208p16x16), `size` (default base) and `seed` (default 0): only for testing the plumbing.
+    """
+    timestamps = options.pop("timestamps", "centre")
+    device = options.pop("device", "cpu")
+    if timestamps not in TIMESTAMP_MODES:
+        raise ValueError(f"timestamps {timestamps!r}: allowed {TIMESTAMP_MODES}")
+    if str(model_file_path) == "":
+        base = _untrained(options.pop("preset", "80x208p16x16"), options.pop("size", "base"),
+                          options.pop("seed", 0), {k: options.pop(k) for k in EMBEDDER_OPTIONS if k in options})
+        if options:
+            raise TypeError(f"unknown options {sorted(options)} for an untrained model")
+    else:
+        if not Path(model_file_path).exists():
+            raise FileNotFoundError(f"{model_file_path}: no such checkpoint")
+        base = load(model_file_path, device, **options)
+    model = HearModel(base.encoder, base.frontend.cfg, base.norm_stats, layers=base.layers,
+                      layer_mode=base.layer_mode, normalization=base.normalization, precision=base.precision,
+                      chunks_per_call=base.chunks_per_call, config=base.config).to(device)
+    model.timestamp_mode = timestamps
+    return model
+
+
+def _untrained(preset: str, size: str, seed: int, embed_options: dict) -> Embedder:
+    from .mae import MaskedAutoencoder
+    from .presets import model_config
+
+    log.warning("specmae.hear.load_model(''): untrained %s %s model, for testing only", size, preset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MaskedAutoencoder(model_config(preset, size))
+    return Embedder(model.encoder, FrontendConfig(), (-7.1, 4.2), **embed_options)
+
+
+def _check(audio: Tensor, model: HearModel) -> Tensor:
+    if not isinstance(audio, Tensor) or audio.ndim != 2 or not audio.is_floating_point():
+        shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
+        raise ValueError(f"audio {shape}: expected a float tensor (n_sounds, n_samples) at "
+                         f"{model.sample_rate} Hz")
+    if audio.device != model.device:
+        model.to(audio.device)
+    return audio
+
+
+@torch.no_grad()  # not inference_mode: outputs must be usable in autograd
+def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
+    """(n_sounds, n_samples) -> (n_sounds, scene_embedding_size) float32: mean of all frames."""
+    return model.embed(_check(audio, model), model.sample_rate).clip
+
+
+@torch.no_grad()
+def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
+    """(n_sounds, n_samples) -> (frames (n_sounds, n, D) float32, timestamps (n_sounds, n) ms float32)."""
+    audio = _check(audio, model)
+    out = model.embed(audio, model.sample_rate)
+    frames, stamps = out.frames, out.timestamps[0]
+    n_sounds, n_samples = audio.shape
+    duration_ms = n_samples * 1000 / model.sample_rate
+    if model.timestamp_mode == "official":
+        step = n_samples / model.sample_rate / frames.shape[1] * 1000  # the wrapper's float64 arithmetic
+        stamps = torch.tensor([i * step for i in range(frames.shape[1])], dtype=torch.float64)
+    else:
+        keep = max(1, int((stamps <= duration_ms).sum()))
+        frames, stamps = frames[:, :keep], stamps[:keep]
+        if stamps[-1] > duration_ms:  # a lone frame longer than the clip: the centre of its audio
+            hop = model.frontend.cfg.hop_length
+            stamps = torch.tensor([(n_samples // hop) * hop * 1000 / (2 * model.sample_rate)], dtype=torch.float64)
+    return frames, stamps.float().expand(n_sounds, -1).contiguous().to(frames.device)
