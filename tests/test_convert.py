@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import GOLDEN_MODELS
-from specmae.checkpoint import CheckpointError, convert_official, load_model, load_official
+from specmae.checkpoint import CheckpointError, load_model
+from specmae.official import convert_official, load_official
 from specmae.cli import main
 from specmae.export import ChunkEncoder, export, load_exported
 from specmae.features import load

@@ -8,7 +8,8 @@ import torch
 
 from conftest import GOLDEN_MODELS
 from specmae.audio import AudioError, FrontendConfig, resample
-from specmae.checkpoint import load_official, save_checkpoint
+from specmae.checkpoint import save_checkpoint
+from specmae.official import load_official
 from specmae.features import Embedder, embed_normalised, frame_features, frame_timestamps, load, num_frames
 from specmae.mae import MaskedAutoencoder
 from specmae.presets import model_config

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import GOLDEN_MODELS
-from specmae.checkpoint import CheckpointError, from_official_state_dict
+from specmae.checkpoint import CheckpointError
+from specmae.official import from_official_state_dict
 from specmae.mae import MaskedAutoencoder, patchify, unpatchify
 from specmae.masking import ids_from_noise
 from specmae.presets import INPUT_PRESETS, model_config

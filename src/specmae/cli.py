@@ -164,7 +164,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from .checkpoint import convert_official
+    from .official import convert_official
 
     try:
         out, report = convert_official(args.source, args.out, preset=args.preset, heads=args.heads,

@@ -333,15 +333,15 @@ def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
     MSM-MAE/M2D .pth file (converted in memory; `specmae convert` keeps the result).
 
     options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call),
-    and for .pth files the `checkpoint.load_official` options (preset, heads, norm_stats, ...).
+    and for .pth files the `official.load_official` options (preset, heads, norm_stats, ...).
     """
-    from . import checkpoint
+    from . import checkpoint, official
 
     embed_keys = {"layers", "layer_mode", "normalization", "precision", "chunks_per_call"}
     embed_opts = {k: v for k, v in options.items() if k in embed_keys}
     other = {k: v for k, v in options.items() if k not in embed_keys}
-    if checkpoint.is_foreign_weights(path):
-        model, config = checkpoint.load_official(path, **other)
+    if official.is_foreign_weights(path):
+        model, config = official.load_official(path, **other)
         model = model.to(device)
     else:
         if other:
