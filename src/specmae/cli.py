@@ -123,11 +123,11 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
                                generator=torch.Generator().manual_seed(0), titles=titles)
     print(f"reconstruction: {path}")
     if builtin:
-        results = builtin_comparison(ckpt)
+        results = builtin_comparison(ckpt, out=run_dir / "probe")
         (run_dir / "probe.json").write_text(json.dumps(results, indent=1))
-        print("\nlinear probe on a held-out labelled split of the built-in corpus "
-              f"({len(synth.CLASSES)} classes):")
-        print("| encoder | accuracy |\n|---|---|")
+        print("\nfrozen-encoder probe (HEAR-style, reduced 'fast' grid: linear and 1-hidden-layer heads) "
+              f"on a held-out labelled split of the built-in corpus ({len(synth.CLASSES)} classes):")
+        print("| features | test accuracy |\n|---|---|")
         for name, acc in results.items():
             print(f"| {name} | {100 * acc:.1f} % |")
 
@@ -263,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["exported", "torchscript", "onnx"], default="exported",
                    help="exported: torch.export .pt2 (default); torchscript: .pt; onnx: needs onnx + onnxscript")
     p.set_defaults(func=cmd_export)
+
+    from .evaluate import add_evaluate_arguments, run_evaluate_command
+    p = sub.add_parser("evaluate", help="score checkpoints on labelled tasks with HEAR-style frozen-encoder probes")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=run_evaluate_command)
     return parser
 
 

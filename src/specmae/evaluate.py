@@ -1,0 +1,444 @@
+"""Downstream evaluation: a HEAR 2021-style frozen-encoder benchmark (design.md section 9).
+
+    task (CSV manifest | HEAR task folder) --every row checked, audio decoded--> clips
+      --embedders: checkpoint(s), same architecture randomly initialised, log-mel statistics-->
+      clip embeddings (N, D), cached per (model, clip list) --> splits or folds
+      --probe grid (probe.py) per fold--> report.json, report.md, confusion_*.png, comparison.png
+
+Tasks are scene-level: one label ('multiclass', scored by accuracy), several labels
+('multilabel', mAP) or two classes ('binary', ROC-AUC of the positive class).
+
+A CSV manifest has a header with `path` (relative to the manifest's folder), a label column
+(`label`; several labels separated by ';' make a multi-label task) and either `split`
+(train / valid / test; without valid rows a stratified 15 % of train is carved out as
+validation) or `fold` (k-fold: each fold is the test part once, the next fold in sorted order
+validates, the rest trains - the HEAR convention). A HEAR task folder has task_metadata.json,
+labelvocabulary.csv, one <split>.json label file per split or fold, and audio under
+<sample_rate>/<split>/.
+
+Nothing is embedded before every row of every task has been checked: missing files, files that
+do not decode, labels or split values that make no sense are all reported at once, by row.
+
+Embeddings are cached as <cache>/<key>.npz (default cache: <out>/cache), the key hashing the
+model (checkpoint path, config.json content, weights size and mtime, embedding options; or the
+baseline's definition) and the clips (paths, sizes, mtimes): a second run, or a second task on
+the same clips (FSDD digits and speakers), embeds nothing.
+
+    specmae evaluate --model runs/mine --out runs/mine/eval \
+        --task ../shared/data/fsdd/meta.csv label=digit --task ../shared/data/fsdd/meta.csv label=speaker \
+        --task hear/tasks/esc50-v2.0.0-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .audio import AudioError, FrontendConfig, LogMelFrontend, load_audio, resample
+from .checkpoint import atomic_write_bytes
+from .report import markdown, write_report
+from .tasks import TASK_OPTIONS, Task, TaskError, load_task, problems_error
+from .probe import GRIDS, ProbeConfig, chance_score, train_probe
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+BASELINES = {"random": "random init", "logmel": "log-mel stats"}
+EMBED_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call")
+
+
+# --- audio, embedders and the cache --------------------------------------------------------------
+
+class AudioStore:
+    """Decoded clips of tasks, checked once before anything is embedded. Kept in memory up to
+    `budget_bytes` in all; beyond that, decoded again when embedded."""
+
+    def __init__(self, budget_bytes: int = 2 << 30):
+        self.budget, self.used = budget_bytes, 0
+        self.kept: dict[tuple, list[np.ndarray]] = {}
+
+    @staticmethod
+    def _key(task: Task, rate: int) -> tuple:
+        return tuple(map(str, task.paths)), rate
+
+    def check(self, tasks: Sequence[Task], rate: int) -> None:
+        """Decode every clip of every task; raise one TaskError listing every bad row of every task."""
+        problems = []
+        for task in tasks:
+            if task.waves is not None or self._key(task, rate) in self.kept:
+                continue
+            waves, keep = [], True
+            for ref, path in zip(task.refs, task.paths):
+                try:
+                    wave = load_audio(path, rate)
+                except AudioError as e:
+                    problems.append(f"{ref}: {e}")
+                    continue
+                if keep and self.used + wave.nbytes <= self.budget:
+                    waves.append(wave)
+                    self.used += wave.nbytes
+                else:
+                    keep = False
+            if keep and not problems:
+                self.kept[self._key(task, rate)] = waves
+            else:
+                self.used -= sum(w.nbytes for w in waves)
+        if problems:
+            raise problems_error("unreadable audio: nothing was embedded", problems)
+
+    def clips(self, task: Task, rate: int, idx: Sequence[int]) -> list[np.ndarray]:
+        if task.waves is not None:
+            return [resample(task.waves[i], task.sample_rate, rate) for i in idx]
+        kept = self.kept.get(self._key(task, rate))
+        return [kept[i] if kept is not None else load_audio(task.paths[i], rate) for i in idx]
+
+
+@dataclass
+class ClipEmbedder:
+    """name, identity (what the cache key hashes), sample_rate, embed(list of (S_i,)) -> (B, D)."""
+    name: str
+    identity: dict
+    sample_rate: int
+    embed: Callable[[list[np.ndarray]], np.ndarray]
+
+
+def _file_identity(path: Path) -> dict:
+    st = path.stat()
+    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _encoder_embedder(name: str, embedder, identity: dict) -> ClipEmbedder:
+    def embed(waves: list[np.ndarray]) -> np.ndarray:
+        clips = [torch.from_numpy(w) for w in waves]
+        return embedder.embed(clips, embedder.sample_rate).clip.float().cpu().numpy()
+    return ClipEmbedder(name, identity, embedder.sample_rate, embed)
+
+
+def logmel_stats_embedder(frontend: FrontendConfig, device: str | torch.device = "cpu",
+                          name: str = BASELINES["logmel"]) -> ClipEmbedder:
+    """Hand-crafted baseline: per-mel-bin mean and std (over time) of the un-normalised log-mel,
+    (2F,) = 160-d for 80 bins."""
+    fe = LogMelFrontend(frontend).to(device)
+
+    @torch.no_grad()
+    def embed(waves: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for w in waves:
+            lms = fe(torch.from_numpy(w).to(device))  # (F, T)
+            std, mean = torch.std_mean(lms, dim=1, correction=0)
+            out.append(torch.cat([mean, std]))
+        return torch.stack(out).cpu().numpy()
+    return ClipEmbedder(name, {"kind": "logmel-stats", "frontend": frontend.to_dict()}, frontend.sample_rate, embed)
+
+
+def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence[str] = ("random", "logmel"), *,
+                    seed: int = 0, device: str | torch.device = "cpu", embed_options: dict | None = None
+                    ) -> list[ClipEmbedder]:
+    """Embedders for each checkpoint, then the baselines built from the first one's config:
+    'random' (same architecture, torch.manual_seed(seed) initialisation) and 'logmel'."""
+    from . import checkpoint as ckpt
+    from . import features, official
+    from .mae import MaskedAutoencoder
+    from .presets import ModelConfig
+
+    options = dict(embed_options or {})
+    if not models:
+        raise ValueError("no model to evaluate: give at least one checkpoint")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"baselines {unknown}: allowed {sorted(BASELINES)}")
+    out, first = [], None
+    for name, path in models.items():
+        emb = features.load(path, device, **options)
+        if official.is_foreign_weights(path):
+            identity = _file_identity(Path(path))
+        else:
+            where = ckpt.resolve(path)
+            identity = {"checkpoint": str(where.resolve()),
+                        "config_sha256": hashlib.sha256((where / ckpt.CONFIG).read_bytes()).hexdigest(),
+                        "weights": _file_identity(where / ckpt.WEIGHTS)}
+        out.append(_encoder_embedder(name, emb, {"kind": "checkpoint", **identity, "options": options}))
+        first = first or emb.config
+    if "random" in baselines:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            encoder = MaskedAutoencoder(ModelConfig.from_dict(first["model"])).encoder
+        emb = features.Embedder(encoder.to(device), FrontendConfig.from_dict(first["frontend"]), first["norm_stats"],
+                                **{k: v for k, v in options.items() if k in EMBED_OPTIONS})
+        out.append(_encoder_embedder(BASELINES["random"], emb, {
+            "kind": "random-init", "seed": seed, "model": first["model"], "frontend": first["frontend"],
+            "norm_stats": list(first["norm_stats"]), "options": options}))
+    if "logmel" in baselines:
+        out.append(logmel_stats_embedder(FrontendConfig.from_dict(first["frontend"]), device))
+    return out
+
+
+def task_identity(task: Task) -> dict:
+    """What the clips' embeddings depend on: the files (path, size, mtime) or the samples."""
+    if task.waves is not None:
+        h = hashlib.sha256()
+        for w in task.waves:
+            h.update(np.int64(len(w)).tobytes())
+            h.update(np.ascontiguousarray(w, np.float32).tobytes())
+        return {"waves_sha256": h.hexdigest(), "sample_rate": task.sample_rate}
+    return {"files": [list(_file_identity(p).values()) for p in task.paths]}
+
+
+def cache_key(embedder: ClipEmbedder, task_id: dict) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, "model": embedder.identity, "clips": task_id}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """(N, D) float32 embeddings keyed by cache_key, in memory and, given a folder, as
+    <folder>/<key>.npz written atomically. A damaged file is ignored and rewritten."""
+
+    def __init__(self, folder: str | os.PathLike | None):
+        self.folder = Path(folder) if folder is not None else None
+        self.memory: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, n: int) -> np.ndarray | None:
+        if key in self.memory:
+            return self.memory[key]
+        path = self.folder / f"{key}.npz" if self.folder else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                emb = f["embeddings"]
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: unreadable cached embeddings, recomputing (%s)", path, e)
+            return None
+        if emb.ndim != 2 or len(emb) != n:
+            log.warning("%s: cached embeddings of shape %s for %d clips, recomputing", path, emb.shape, n)
+            return None
+        self.memory[key] = emb
+        return emb
+
+    def put(self, key: str, emb: np.ndarray, meta: dict) -> None:
+        self.memory[key] = emb
+        if self.folder is not None:
+            buf = io.BytesIO()
+            np.savez(buf, embeddings=emb, meta=np.array(json.dumps(meta)))
+            atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue())
+
+
+def embed_task(task: Task, embedder: ClipEmbedder, audio: AudioStore, max_clips: int = 64,
+               max_seconds: float = 600.0) -> np.ndarray:
+    """(N, D) clip embeddings, in batches of at most max_clips clips and max_seconds of audio."""
+    out, batch, samples = [], [], 0
+    limit = max_seconds * embedder.sample_rate
+    lengths = None if task.waves is None else [len(w) * embedder.sample_rate / task.sample_rate for w in task.waves]
+    for i in range(len(task) + 1):
+        n = lengths[i] if lengths is not None and i < len(task) else 0
+        if batch and (i == len(task) or len(batch) == max_clips or samples + n > limit):
+            out.append(embedder.embed(audio.clips(task, embedder.sample_rate, batch)))
+            batch, samples = [], 0
+        if i < len(task):
+            batch.append(i)
+            samples += n
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+def _probe_config(grid: str | ProbeConfig, seed: int, **overrides) -> ProbeConfig:
+    if isinstance(grid, str):
+        if grid not in GRIDS:
+            raise ValueError(f"grid {grid!r}: allowed {sorted(GRIDS)}")
+        grid = GRIDS[grid]
+    return replace(grid, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def evaluate(tasks: Sequence[Task], models: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike], *,
+             out: str | os.PathLike | None = None, baselines: Sequence[str] = ("random", "logmel"),
+             grid: str | ProbeConfig = "full", seed: int = 0, device: str | torch.device = "cpu",
+             cache: str | os.PathLike | None = "auto", embed_options: dict | None = None,
+             valid_fraction: float = 0.15, audio_memory: int = 2 << 30, plots: bool = True,
+             embedders: Sequence[ClipEmbedder] | None = None) -> dict:
+    """Score every model and baseline on every task; returns the report dict (see write_report),
+    also written to `out` when given. A single unnamed model is called 'pre-trained'.
+
+    cache: a folder for the embeddings, 'auto' (= <out>/cache, or memory only without out) or None
+    (memory only). The probe runs on `device` too; `seed` seeds the validation hold-out, the
+    random-init baseline and the probes. `embedders` replaces the ones built from models and
+    baselines (any ClipEmbedder: a custom model, a test double).
+    """
+    started = time.perf_counter()
+    if not isinstance(models, Mapping):
+        models = list(models)
+        names = ["pre-trained"] if len(models) == 1 else _unique([Path(m).name for m in models])
+        models = dict(zip(names, models))
+    splits = {t.name: t.splits(seed, valid_fraction) for t in tasks}  # all task errors before any work
+    if len({t.name for t in tasks}) != len(tasks):
+        raise TaskError(f"task names {[t.name for t in tasks]} are not unique; name them with name=...")
+    embedders = list(embedders) if embedders is not None else model_embedders(
+        models, baselines, seed=seed, device=device, embed_options=embed_options)
+    folder = (Path(out) / "cache" if out is not None else None) if cache == "auto" else cache
+    store, cached = AudioStore(audio_memory), EmbeddingCache(folder)
+    ids = {t.name: task_identity(t) for t in tasks}
+    todo = [(t, e) for t in tasks for e in embedders if cached.get(cache_key(e, ids[t.name]), len(t)) is None]
+    for rate in sorted({e.sample_rate for _, e in todo}):
+        store.check(list({t.name: t for t, e in todo if e.sample_rate == rate}.values()), rate)
+    cfg = _probe_config(grid, seed)
+    report = {"specmae": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": seed,
+              "probe": cfg.to_dict(), "valid_fraction": valid_fraction,
+              "models": {e.name: e.identity for e in embedders}, "tasks": {}}
+    for task in tasks:
+        y = task.targets()
+        notes = sorted({s.note for s in splits[task.name]})
+        if all(n.startswith("validation: next fold") for n in notes) and len(notes) > 1:
+            notes = [f"{len(notes)} folds: each is the test part once, the next one in sorted order validates "
+                     "and the others train (HEAR's convention)"]
+        if task.kind == "binary":
+            notes.append(f"positive class (ROC-AUC): {task.classes[1]!r}")
+        entry = {"source": task.source, "type": task.kind, "metric": task.metric, "classes": task.classes,
+                 "clips": len(task), "notes": task.notes + notes,
+                 "folds": [{"name": s.name, "train": len(s.train), "valid": len(s.valid), "test": len(s.test),
+                            "note": s.note} for s in splits[task.name]], "results": {}}
+        entry["chance"] = float(np.mean([chance_score(task.metric, y[s.test], len(task.classes))
+                                         for s in splits[task.name]]))
+        for e in embedders:
+            key = cache_key(e, ids[task.name])
+            t0 = time.perf_counter()
+            emb = cached.get(key, len(task))
+            hit = emb is not None
+            if not hit:
+                log.info("embedding %s with %s (%d clips)", task.name, e.name, len(task))
+                emb = embed_task(task, e, store)
+                cached.put(key, emb, {"task": task.name, "model": e.name})
+            t1 = time.perf_counter()
+            folds = []
+            for s in splits[task.name]:
+                r = train_probe(emb[s.train], y[s.train], emb[s.valid], y[s.valid], emb[s.test], y[s.test],
+                                kind=task.kind, metric=task.metric, n_classes=len(task.classes), config=cfg,
+                                device=device)
+                fold = {"name": s.name, **r.to_dict()}
+                if task.kind != "multilabel":
+                    fold["confusion"] = _confusion(y[s.test], r.test_probs.argmax(1), len(task.classes)).tolist()
+                folds.append(fold)
+                log.info("%s / %s / %s: %s %.4f (valid %.4f, %s lr %g)", task.name, e.name, s.name, task.metric,
+                         r.test_score, r.valid_score, r.chosen.head, r.chosen.lr)
+            scores = [f["test"] for f in folds]
+            entry["results"][e.name] = {
+                "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
+                "folds": folds, "dim": int(emb.shape[1]), "embed_s": round(t1 - t0, 3), "cached": hit,
+                "probe_s": round(time.perf_counter() - t1, 3)}
+        report["tasks"][task.name] = entry
+    report["timing"] = {
+        "embed_s": {e.name: round(sum(t["results"][e.name]["embed_s"] for t in report["tasks"].values()), 3)
+                    for e in embedders},
+        "probe_s": {e.name: round(sum(t["results"][e.name]["probe_s"] for t in report["tasks"].values()), 3)
+                    for e in embedders},
+        "total_s": round(time.perf_counter() - started, 3)}
+    if out is not None:
+        write_report(report, out, plots=plots)
+    return report
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return out
+
+
+def _confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    return np.bincount(true * n + pred, minlength=n * n).reshape(n, n)
+
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `specmae evaluate`."""
+    parser.add_argument("--model", action="append", required=True, metavar="[NAME=]CKPT",
+                        help="checkpoint, run folder or official .pth (repeatable; a single one is called "
+                             "'pre-trained')")
+    parser.add_argument("--task", action="append", nargs="+", required=True, metavar=("PATH", "KEY=VALUE"),
+                        help="CSV manifest or HEAR task folder, then options "
+                             f"({', '.join(TASK_OPTIONS)}), e.g. --task fsdd/meta.csv label=digit (repeatable)")
+    parser.add_argument("--out", required=True, help="output folder (report.json, report.md, PNGs)")
+    parser.add_argument("--cache", help="embedding cache folder (default: <out>/cache)")
+    parser.add_argument("--baselines", default="random,logmel",
+                        help="comma-separated from random, logmel; 'none' for none (default: both)")
+    parser.add_argument("--grid", default="full", choices=sorted(GRIDS), help="probe grid (default: full = "
+                        "linear, 1 and 2 hidden layers x 4 learning rates)")
+    parser.add_argument("--max-epochs", type=int, help="override the grid's maximum epochs")
+    parser.add_argument("--patience", type=int, help="override the early-stopping patience (epochs)")
+    parser.add_argument("--probe-precision", choices=("fp32", "bf16"), help="probe matrix products (default fp32)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="device for embedding and probes: cpu, cuda, cuda:1")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="encoder precision")
+    parser.add_argument("--layers", help="encoder layers, comma-separated (default: the last)")
+    parser.add_argument("--layer-mode", choices=("mean", "concat"))
+    parser.add_argument("--valid-fraction", type=float, default=0.15,
+                        help="share of train held out for validation when a task has no valid split")
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def parse_task_spec(tokens: Sequence[str]) -> tuple[str, dict]:
+    """['path', 'key=value', ...] -> (path, options)."""
+    path, options = tokens[0], {}
+    for item in tokens[1:]:
+        key, sep, value = item.partition("=")
+        if not sep or key not in TASK_OPTIONS:
+            raise TaskError(f"--task {' '.join(tokens)}: {item!r}: expected KEY=VALUE with KEY in {list(TASK_OPTIONS)}")
+        options[key] = value
+    return path, options
+
+
+def _model_rate(path: str) -> int:
+    from . import checkpoint as ckpt
+    try:
+        return int(ckpt.read_config(path)["frontend"]["sample_rate"])
+    except (ckpt.CheckpointError, KeyError):
+        return 16000
+
+
+def run_evaluate_command(args: argparse.Namespace) -> None:
+    """`specmae evaluate`: parse, run, write the report, print the table and where it went."""
+    from .checkpoint import CheckpointError
+
+    named = []
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep and not Path(item).exists() else ("", item)
+        named.append((name or ("pre-trained" if len(args.model) == 1 else Path(path).name), path))
+    models = dict(zip(_unique([n for n, _ in named]), [p for _, p in named]))
+    options = {k: v for k, v in {"precision": args.precision, "layer_mode": args.layer_mode,
+                                 "layers": [int(l) for l in args.layers.split(",")] if args.layers else None
+                                 }.items() if v is not None}
+    baselines = [] if args.baselines.strip() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    try:
+        rate = _model_rate(next(iter(models.values())))
+        tasks = []
+        for tokens in args.task:
+            path, task_options = parse_task_spec(tokens)
+            tasks.append(load_task(path, prefer_rate=rate, **task_options))
+        grid = _probe_config(args.grid, args.seed, max_epochs=args.max_epochs, patience=args.patience,
+                             precision=args.probe_precision)
+        report = evaluate(tasks, models, out=args.out, baselines=baselines, grid=grid, seed=args.seed,
+                          device=args.device, cache=args.cache or "auto", embed_options=options,
+                          valid_fraction=args.valid_fraction, plots=not args.no_plots)
+    except (TaskError, CheckpointError, AudioError, ValueError) as e:
+        raise SystemExit(f"specmae evaluate: {e}") from e
+    md = markdown(report)
+    print(md[:md.index("## Protocol")].rstrip())
+    print(f"\nreport: {Path(args.out) / 'report.md'} (+ report.json, PNGs)")
+
