@@ -8,13 +8,7 @@
 Tasks are scene-level: one label ('multiclass', scored by accuracy), several labels
 ('multilabel', mAP) or two classes ('binary', ROC-AUC of the positive class).
 
-A CSV manifest has a header with `path` (relative to the manifest's folder), a label column
-(`label`; several labels separated by ';' make a multi-label task) and either `split`
-(train / valid / test; without valid rows a stratified 15 % of train is carved out as
-validation) or `fold` (k-fold: each fold is the test part once, the next fold in sorted order
-validates, the rest trains - the HEAR convention). A HEAR task folder has task_metadata.json,
-labelvocabulary.csv, one <split>.json label file per split or fold, and audio under
-<sample_rate>/<split>/.
+Task formats (CSV manifests, HEAR task folders) are read by tasks.py.
 
 Nothing is embedded before every row of every task has been checked: missing files, files that
 do not decode, labels or split values that make no sense are all reported at once, by row.
