@@ -81,6 +81,17 @@ def test_synthetic_official_checkpoint_converts_and_loads_strictly(tmp_path, cls
     assert torch.equal(model.decoder_pred.weight, sd["decoder_pred.weight"])
 
 
+def test_official_weights_stored_as_safetensors_convert_too(tmp_path):
+    from safetensors.torch import save_file
+
+    sd = official_state_dict(depth=1, d_depth=1)
+    src = tmp_path / "80x512p16x16_st" / "weights.safetensors"
+    src.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(src))
+    model, _ = load_official(src)
+    assert torch.equal(model.encoder.blocks[0].attn.qkv.weight, sd["blocks.0.attn.qkv.weight"])
+
+
 def test_kzero_block_equals_full_block_with_concatenated_bias():
     kzero, full = Block(48, 3, qkv_bias="kzero"), Block(48, 3, qkv_bias="full")
     with torch.no_grad():

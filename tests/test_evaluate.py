@@ -18,7 +18,8 @@ from specmae.evaluate import (ClipEmbedder, add_evaluate_arguments, cache_key, e
 from specmae.tasks import Task, TaskError, load_task, read_hear_task, read_manifest
 from specmae.mae import MaskedAutoencoder
 from specmae.presets import model_config
-from specmae.probe import ProbeConfig, builtin_comparison
+from specmae.evaluate import builtin_comparison
+from specmae.probe import ProbeConfig
 
 pytest.importorskip("matplotlib")
 QUICK = ProbeConfig(heads=("linear", "mlp1"), lrs=(3.2e-3, 1e-3), hidden=64, max_epochs=40, patience=5, batch_size=256)

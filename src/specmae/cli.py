@@ -106,7 +106,7 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
     from . import synth
     from .audio import FrontendConfig, LogMelFrontend
     from .checkpoint import load_model
-    from .probe import builtin_comparison
+    from .evaluate import builtin_comparison
     from .visualize import plot_loss_curve, plot_reconstruction
 
     print(f"loss curve: {plot_loss_curve(run_dir / 'log.jsonl', run_dir / 'loss.png')}")
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pre-train a masked autoencoder (under torchrun for many processes)")
     p.add_argument("data", nargs="?", help="audio folder (recursive) or prepared corpus; default: built-in corpus")
     p.add_argument("--out", default="runs/pretrain", help="run folder (checkpoints, logs, figures)")
-    p.add_argument("--config", help=f"YAML file or built-in config name")
+    p.add_argument("--config", help="YAML file or built-in config name (demo, msm-mae)")
     p.add_argument("--preset", help="input/patch preset, e.g. 80x208p16x16")
     p.add_argument("--size", help="encoder size: tiny, small, base, large")
     p.add_argument("--decoder", help="decoder size: msm-mae, maskspec")

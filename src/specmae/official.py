@@ -17,8 +17,9 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, resolve, save_checkpoint
+from .checkpoint import CheckpointError, save_checkpoint
 
 ENCODER_KEYS = ("cls_token", "patch_embed.", "blocks.", "norm.")
 FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
