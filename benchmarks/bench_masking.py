@@ -13,14 +13,13 @@ recorded in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 
 import torch
 
-from common import load_average, machine, timeit
+from common import load_average, machine, timeit, training_step
 from specmae.mae import MaskedAutoencoder
-from specmae.masking import PATTERNS, Masker, MaskingConfig, hint_ratio, random_masking
+from specmae.masking import PATTERNS, Masker, MaskingConfig, hint_ratio
 from specmae.pretrain import param_groups
 from specmae.presets import model_config
 
@@ -68,17 +67,10 @@ def main() -> None:
     grid = cfg.encoder.grid
     torch.manual_seed(0)
     model = MaskedAutoencoder(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
     x = torch.randn(args.batch, 1, cfg.encoder.n_mels, cfg.encoder.n_frames, device=device)
     generator = torch.Generator(device).manual_seed(0)
-    ids = random_masking(x, grid, args.mask_ratio, generator)
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            loss, _, _ = model(x, args.mask_ratio, ids_shuffle=ids)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    step = training_step(model, optimizer, x, args.mask_ratio, bf16, generator)
 
     print(f"machine: {machine()}; load average before: {load_average():.2f}")
     print(f"model: {args.size} {args.preset} (grid {grid[0]}x{grid[1]}), batch {args.batch}, "

@@ -8,29 +8,13 @@ Prints a Markdown table; results are recorded in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
 
-from common import load_average, machine, mae_step_flops, matmul_peak, timeit
+from common import load_average, machine, mae_step_flops, matmul_peak, timeit, training_step
 from specmae.mae import MaskedAutoencoder
-from specmae.masking import random_masking
 from specmae.pretrain import param_groups
 from specmae.presets import model_config
-
-
-def step_fn(model, optimizer, x, ratio, bf16, generator):
-    device = x.device
-
-    def step():
-        ids = random_masking(x, model.cfg.encoder.grid, ratio, generator)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss, _, _ = model(x, ratio, ids_shuffle=ids)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
 
 
 def main() -> None:
@@ -63,7 +47,7 @@ def main() -> None:
         net = torch.compile(model) if args.compile else model
         x = torch.randn(args.batch, 1, cfg.encoder.n_mels, cfg.encoder.n_frames, device=device)
         generator = torch.Generator(device).manual_seed(0)
-        seconds = timeit(step_fn(net, optimizer, x, args.mask_ratio, bf16, generator), device, args.repeats)
+        seconds = timeit(training_step(net, optimizer, x, args.mask_ratio, bf16, generator), device, args.repeats)
         peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, device)
         achieved = flops * args.batch / seconds
         print(f"| {mode}{' compiled' if args.compile else ''} | {args.batch / seconds:.2f} | "

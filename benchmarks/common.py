@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -9,6 +10,7 @@ import time
 
 import torch
 
+from specmae.masking import random_masking
 from specmae.presets import ModelConfig
 
 
@@ -72,6 +74,22 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, 
         sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
+
+
+def training_step(model, optimizer, x: torch.Tensor, ratio: float, bf16: bool, generator: torch.Generator):
+    """One pre-training step as the training loop runs it: random masks, forward (optionally
+    under bf16 autocast), backward, optimizer step. Returns it as a closure for `timeit`."""
+    device = x.device
+
+    def step():
+        ids = random_masking(x, model.cfg.encoder.grid, ratio, generator)
+        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss, _, _ = model(x, ratio, ids_shuffle=ids)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
 
 
 def _blocks_flops(tokens: int, dim: int, depth: int, mlp_ratio: float) -> float:
