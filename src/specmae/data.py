@@ -14,6 +14,7 @@ the same order.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -93,12 +94,18 @@ def corpus_from_waves(waves: np.ndarray, frontend: FrontendConfig, labels: np.nd
                   [f"builtin/{i:05d}" for i in range(n)], labels)
 
 
+@functools.lru_cache(maxsize=4)
+def _frontend(items: tuple) -> LogMelFrontend:
+    """One front-end per worker process and config, not one per file (it builds the mel bank)."""
+    return LogMelFrontend(FrontendConfig.from_dict(dict(items)))
+
+
 def _lms_of_file(args) -> tuple[str, np.ndarray | None, str | None]:
     path, cfg = args
     try:
         wave = load_audio(path, cfg.sample_rate)
         with torch.no_grad():
-            lms = LogMelFrontend(cfg)(torch.from_numpy(wave))          # (F, T)
+            lms = _frontend(tuple(sorted(cfg.to_dict().items())))(torch.from_numpy(wave))  # (F, T)
         return str(path), lms.T.numpy().astype(np.float16), None
     except AudioError as e:
         return str(path), None, str(e)
