@@ -156,3 +156,23 @@ def test_official_no_cls_quirk_drops_first_visible_token():
 def test_impossible_configs_fail_with_allowed_values(bad, message):
     with pytest.raises(ValueError, match=message):
         model_config(**bad)
+
+
+@pytest.mark.parametrize("length", [17, 161])
+def test_bf16_cpu_attention_matches_fp32_sdpa(length):
+    # bf16 on the CPU takes the explicit-matmul path (vit.attention); it must agree with the
+    # fp32 fused kernel to bf16 precision, values and gradients.
+    from specmae.vit import attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, length, 16, generator=g) for _ in range(3))
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    low = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    out_ref = torch.nn.functional.scaled_dot_product_attention(*ref)
+    out_low = attention(*low)
+    assert out_low.dtype == torch.bfloat16
+    torch.testing.assert_close(out_low.float(), out_ref, atol=3e-2, rtol=3e-2)
+    weights = torch.randn(out_ref.shape, generator=g)
+    (out_ref * weights).sum().backward()
+    (out_low.float() * weights).sum().backward()
+    for a, b in zip(low, ref):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=6e-2, rtol=6e-2)

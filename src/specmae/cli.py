@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from .allocator import retain_freed_memory
+
 log = logging.getLogger("specmae")
 
 
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
     if rank != "0" and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
+    retain_freed_memory()
     args.func(args)
 
 

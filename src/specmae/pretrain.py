@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from . import synth
+from .allocator import retain_freed_memory
 from .audio import FrontendConfig
 from .checkpoint import atomic_write_text, commit_latest, load_checkpoint, load_train_state, resolve, save_checkpoint
 from .data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
@@ -158,6 +159,7 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     which is how tests interrupt and resume a run.
     """
     env = init_distributed()
+    retain_freed_memory()
     run_dir = Path(run_dir)
     train, enc = cfg.train, cfg.model.encoder
     micro = train.micro_batch or train.batch_size // env.world

@@ -51,6 +51,20 @@ def _with_cls_row(table: Tensor, cls: bool) -> Tensor:
     return table.float().unsqueeze(0)
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Softmax attention, (B, nh, N, hs) -> (B, nh, N, hs).
+
+    `scaled_dot_product_attention`, except in bf16 on the CPU: there the fused kernels are
+    slower than two bf16 matmuls with an fp32 softmax between them, 1.6-2x in the forward and
+    4-8x in the backward, for every sequence length this model sees (17 visible tokens in
+    pre-training to 800 in a long chunk; benchmarks/README.md).
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)                      # (B, nh, N, N)
+        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qkv_bias: str = "full"):
         super().__init__()
@@ -71,7 +85,7 @@ class Attention(nn.Module):
         B, N, C = x.shape
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
         q, k, v = qkv.view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, N, hs)
-        x = F.scaled_dot_product_attention(q, k, v)                                      # (B, nh, N, hs)
+        x = attention(q, k, v)                                                           # (B, nh, N, hs)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
