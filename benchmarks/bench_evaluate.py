@@ -40,7 +40,7 @@ from specmae.evaluate import evaluate  # noqa: E402
 from specmae.tasks import read_manifest  # noqa: E402
 from specmae.mae import MaskedAutoencoder  # noqa: E402
 from specmae.presets import model_config  # noqa: E402
-from specmae.probe import GRIDS  # noqa: E402
+from specmae.probe import GRIDS, PRECISIONS  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsdd", type=Path, default=FSDD, help="FSDD folder with meta.csv")
     p.add_argument("--baselines", default="none", help="comma-separated from random, logmel, or none")
     p.add_argument("--grid", default="full", choices=sorted(GRIDS))
-    p.add_argument("--probe-precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--probe-precision", default="auto", choices=PRECISIONS)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
@@ -99,7 +99,7 @@ def main(argv=None) -> None:
     tasks = [read_manifest(meta, label="digit", name="fsdd-digit"), read_manifest(meta, label="speaker",
                                                                                   name="fsdd-speaker")]
     baselines = [] if args.baselines == "none" else args.baselines.split(",")
-    grid = replace(GRIDS[args.grid], precision=args.probe_precision)
+    grid = replace(GRIDS[args.grid], precision=args.probe_precision).resolved(args.device)
     load = load_average()
     started = time.perf_counter()
     report = evaluate(tasks, {"model": model}, out=out, baselines=baselines, grid=grid, device=args.device,
@@ -108,7 +108,7 @@ def main(argv=None) -> None:
     n = len(tasks[0])
     print(f"machine: {machine()}; load average before {load:.2f}, after {load_average():.2f}")
     what = model if args.model else "random-init " + ("tiny (smoke)" if args.smoke else "ViT-B 80x208p16x16")
-    print(f"model: {what}; {n} clips; grid {args.grid}, probe {args.probe_precision}, encoder {args.precision}, "
+    print(f"model: {what}; {n} clips; grid {args.grid}, probe {grid.precision}, encoder {args.precision}, "
           f"device {args.device}\n")
     print("| model | embed s | probe s digit | probe s speaker | probe / embed | digit acc | speaker acc |")
     print("|---|---|---|---|---|---|---|")

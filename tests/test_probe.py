@@ -153,3 +153,35 @@ def test_mlp_head_layout_and_seeded_init():
     again = make_head("mlp2", 10, 3, hidden=8, seed=4)
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values()))
     assert make_head("linear", 10, 3)[0].weight.shape == (3, 10)
+
+
+def test_auto_precision_resolves_per_device(monkeypatch):
+    import torch
+
+    from specmae import probe
+    assert ProbeConfig().precision == "auto"
+    assert ProbeConfig(precision="fp32").resolved("cpu").precision == "fp32"
+    monkeypatch.setattr(probe, "native_bf16", lambda device: False)
+    assert ProbeConfig().resolved("cpu").precision == "fp32"
+    monkeypatch.setattr(probe, "native_bf16", lambda device: True)
+    assert ProbeConfig().resolved(torch.device("cpu")).precision == "bf16"
+    with pytest.raises(ValueError, match="allowed"):
+        ProbeConfig(precision="fp16")
+
+
+def test_bf16_probe_agrees_with_fp32():
+    # Separable synthetic task: the bf16 grid must reach the fp32 grid's test score.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 64)) * 2
+    def part(n):
+        y = rng.integers(0, 4, n)
+        return (centres[y] + rng.normal(size=(n, 64))).astype(np.float32), y
+    (xa, ya), (xv, yv), (xt, yt) = part(300), part(80), part(80)
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        cfg = ProbeConfig(heads=("linear", "mlp1"), lrs=(1e-3,), hidden=64, max_epochs=30, batch_size=64,
+                          precision=precision)
+        scores[precision] = train_probe(xa, ya, xv, yv, xt, yt, kind="multiclass", metric="accuracy",
+                                        n_classes=4, config=cfg).test_score
+    assert scores["fp32"] > 0.9
+    assert abs(scores["bf16"] - scores["fp32"]) <= 0.03

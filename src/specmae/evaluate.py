@@ -44,7 +44,7 @@ from .audio import AudioError, FrontendConfig, LogMelFrontend, load_audio, resam
 from .checkpoint import atomic_write_bytes
 from .report import markdown, write_report
 from .tasks import TASK_OPTIONS, Task, TaskError, load_task, problems_error
-from .probe import GRIDS, ProbeConfig, chance_score, train_probe
+from .probe import GRIDS, PRECISIONS, ProbeConfig, chance_score, train_probe
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def evaluate(tasks: Sequence[Task], models: Sequence[str | os.PathLike] | Mappin
     todo = [(t, e) for t in tasks for e in embedders if cached.get(cache_key(e, ids[t.name]), len(t)) is None]
     for rate in sorted({e.sample_rate for _, e in todo}):
         store.check(list({t.name: t for t, e in todo if e.sample_rate == rate}.values()), rate)
-    cfg = _probe_config(grid, seed)
+    cfg = _probe_config(grid, seed).resolved(device)
     report = {"specmae": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": seed,
               "probe": cfg.to_dict(), "valid_fraction": valid_fraction,
               "models": {e.name: e.identity for e in embedders}, "tasks": {}}
@@ -404,7 +404,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         "linear, 1 and 2 hidden layers x 4 learning rates)")
     parser.add_argument("--max-epochs", type=int, help="override the grid's maximum epochs")
     parser.add_argument("--patience", type=int, help="override the early-stopping patience (epochs)")
-    parser.add_argument("--probe-precision", choices=("fp32", "bf16"), help="probe matrix products (default fp32)")
+    parser.add_argument("--probe-precision", choices=PRECISIONS,
+                        help="probe matrix products (default auto: bf16 where the device has bf16 units, else fp32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for embedding and probes: cpu, cuda, cuda:1")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="encoder precision")

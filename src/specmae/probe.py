@@ -14,8 +14,10 @@ first in grid order); its test score is the result.
 Speed: the whole grid trains in lock-step over the same mini-batches (one shuffle, one gather
 per batch), each config with its own head and fused Adam; a config that stops leaves the loop.
 The cost is then the heads' own matrix products: about 0.3 s per config and epoch for 2,300
-clips of 3,840-d features and a 1,024-wide hidden layer on 2 CPU cores in fp32, half that with
-precision 'bf16' on a CPU with bf16 units; a GPU makes it negligible.
+clips of 3,840-d features and a 1,024-wide hidden layer on 2 CPU cores in fp32. Precision 'auto'
+(the default) autocasts them to bf16 where the device has bf16 matrix units (GPUs, CPUs with
+AVX512-BF16 or AMX): 2.5x faster on FSDD with the same chosen configs and test scores
+(benchmarks/README.md); elsewhere it is fp32. Reports record the precision that ran.
 Everything is seeded (initialisation, shuffling, dropout) through explicit generators, so a run
 is deterministic and never touches the global RNG.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ KINDS = ("multiclass", "multilabel", "binary")
 METRICS = ("accuracy", "mAP", "roc_auc")
 HEADS = ("linear", "mlp1", "mlp2")
 HEAR_LRS = (3.2e-3, 1e-3, 3.2e-4, 1e-4)
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -146,6 +149,18 @@ def chance_score(metric: str, targets: np.ndarray, n_classes: int) -> float:
 
 # --- the grid --------------------------------------------------------------------------------------
 
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware: a GPU with bf16 support, or a CPU
+    with AVX512-BF16 or AMX (elsewhere CPU bf16 is emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent means no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 @dataclass
 class ProbeConfig:
     """The grid (heads x lrs) and its training protocol. Defaults: HEAR 2021 plus a linear head."""
@@ -157,7 +172,7 @@ class ProbeConfig:
     max_epochs: int = 500
     batch_size: int = 1024
     seed: int = 0
-    precision: str = "fp32"      # 'bf16': autocast the matrix products (CPUs with bf16 units, GPUs)
+    precision: str = "auto"      # 'fp32', 'bf16' (autocast the matrix products), 'auto': bf16 where native
 
     def __post_init__(self):
         self.heads, self.lrs = tuple(self.heads), tuple(float(lr) for lr in self.lrs)
@@ -166,8 +181,14 @@ class ProbeConfig:
             raise ValueError(f"probe heads {self.heads}, lrs {self.lrs}: need at least one of each, heads from {HEADS}")
         if min(self.patience, self.max_epochs, self.batch_size, self.hidden) < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"invalid probe config {self}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"probe precision {self.precision!r}: allowed 'fp32', 'bf16'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"probe precision {self.precision!r}: allowed {PRECISIONS}")
+
+    def resolved(self, device: str | torch.device) -> "ProbeConfig":
+        """This config with precision 'auto' replaced by what runs on `device`."""
+        if self.precision != "auto":
+            return self
+        return replace(self, precision="bf16" if native_bf16(device) else "fp32")
 
     def grid(self) -> list[tuple[str, float]]:
         return [(h, lr) for h in self.heads for lr in self.lrs]
@@ -296,11 +317,11 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
     shuffled mini-batches, so that one pass of the data serves them all, and a config's result is
     the same whether it is trained alone or in the grid.
     """
-    cfg = config or ProbeConfig()
+    device = torch.device(device)
+    cfg = (config or ProbeConfig()).resolved(device)
     if kind not in KINDS:
         raise ValueError(f"task kind {kind!r}: allowed {KINDS}")
     started = time.perf_counter()
-    device = torch.device(device)
     for part in (y_valid, y_test):
         score(metric, part, np.full((len(part), n_classes), 1.0 / n_classes))  # raises where undefined
     x_tr, x_va, x_te = (torch.from_numpy(a).to(device) for a in standardise(x_train, x_valid, x_test))
