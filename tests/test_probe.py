@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from specmae.probe import (GRIDS, ProbeConfig, accuracy, chance_score, make_head, mean_average_precision,
-                           roc_auc, standardise, train_probe)
+from specmae.metrics import accuracy, chance_score, mean_average_precision, roc_auc
+from specmae.probe import GRIDS, ProbeConfig, make_head, standardise, train_probe
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

@@ -13,10 +13,8 @@ Task formats (CSV manifests, HEAR task folders) are read by tasks.py.
 Nothing is embedded before every row of every task has been checked: missing files, files that
 do not decode, labels or split values that make no sense are all reported at once, by row.
 
-Embeddings are cached as <cache>/<key>.npz (default cache: <out>/cache), the key hashing the
-model (checkpoint path, config.json content, weights size and mtime, embedding options; or the
-baseline's definition) and the clips (paths, sizes, mtimes): a second run, or a second task on
-the same clips (FSDD digits and speakers), embeds nothing.
+Embeddings are cached as <cache>/<key>.npz (default cache: <out>/cache; embedders.py): a second
+run, or a second task on the same clips (FSDD digits and speakers), embeds nothing.
 
     specmae evaluate --model runs/mine --out runs/mine/eval \
         --task ../shared/data/fsdd/meta.csv label=digit --task ../shared/data/fsdd/meta.csv label=speaker \
@@ -26,225 +24,26 @@ the same clips (FSDD digits and speakers), embeds nothing.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import __version__
-from .audio import AudioError, FrontendConfig, LogMelFrontend, load_audio, resample
-from .checkpoint import atomic_write_bytes
+from .audio import AudioError
+from .embedders import (AudioStore, ClipEmbedder, EmbeddingCache, cache_key, embed_task, model_embedders,
+                        task_identity)
+from .metrics import chance_score
+from .probe import GRIDS, PRECISIONS, ProbeConfig, train_probe
 from .report import markdown, write_report
-from .tasks import TASK_OPTIONS, Task, TaskError, load_task, problems_error
-from .probe import GRIDS, PRECISIONS, ProbeConfig, chance_score, train_probe
+from .tasks import TASK_OPTIONS, Task, TaskError, load_task
 
 log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
-BASELINES = {"random": "random init", "logmel": "log-mel stats"}
-EMBED_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call")
-
-
-# --- audio, embedders and the cache --------------------------------------------------------------
-
-class AudioStore:
-    """Decoded clips of tasks, checked once before anything is embedded. Kept in memory up to
-    `budget_bytes` in all; beyond that, decoded again when embedded."""
-
-    def __init__(self, budget_bytes: int = 2 << 30):
-        self.budget, self.used = budget_bytes, 0
-        self.kept: dict[tuple, list[np.ndarray]] = {}
-
-    @staticmethod
-    def _key(task: Task, rate: int) -> tuple:
-        return tuple(map(str, task.paths)), rate
-
-    def check(self, tasks: Sequence[Task], rate: int) -> None:
-        """Decode every clip of every task; raise one TaskError listing every bad row of every task."""
-        problems = []
-        for task in tasks:
-            if task.waves is not None or self._key(task, rate) in self.kept:
-                continue
-            waves, keep = [], True
-            for ref, path in zip(task.refs, task.paths):
-                try:
-                    wave = load_audio(path, rate)
-                except AudioError as e:
-                    problems.append(f"{ref}: {e}")
-                    continue
-                if keep and self.used + wave.nbytes <= self.budget:
-                    waves.append(wave)
-                    self.used += wave.nbytes
-                else:
-                    keep = False
-            if keep and not problems:
-                self.kept[self._key(task, rate)] = waves
-            else:
-                self.used -= sum(w.nbytes for w in waves)
-        if problems:
-            raise problems_error("unreadable audio: nothing was embedded", problems)
-
-    def clips(self, task: Task, rate: int, idx: Sequence[int]) -> list[np.ndarray]:
-        if task.waves is not None:
-            return [resample(task.waves[i], task.sample_rate, rate) for i in idx]
-        kept = self.kept.get(self._key(task, rate))
-        return [kept[i] if kept is not None else load_audio(task.paths[i], rate) for i in idx]
-
-
-@dataclass
-class ClipEmbedder:
-    """name, identity (what the cache key hashes), sample_rate, embed(list of (S_i,)) -> (B, D)."""
-    name: str
-    identity: dict
-    sample_rate: int
-    embed: Callable[[list[np.ndarray]], np.ndarray]
-
-
-def _file_identity(path: Path) -> dict:
-    st = path.stat()
-    return {"file": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _encoder_embedder(name: str, embedder, identity: dict) -> ClipEmbedder:
-    def embed(waves: list[np.ndarray]) -> np.ndarray:
-        clips = [torch.from_numpy(w) for w in waves]
-        return embedder.embed(clips, embedder.sample_rate).clip.float().cpu().numpy()
-    return ClipEmbedder(name, identity, embedder.sample_rate, embed)
-
-
-def logmel_stats_embedder(frontend: FrontendConfig, device: str | torch.device = "cpu",
-                          name: str = BASELINES["logmel"]) -> ClipEmbedder:
-    """Hand-crafted baseline: per-mel-bin mean and std (over time) of the un-normalised log-mel,
-    (2F,) = 160-d for 80 bins."""
-    fe = LogMelFrontend(frontend).to(device)
-
-    @torch.no_grad()
-    def embed(waves: list[np.ndarray]) -> np.ndarray:
-        out = []
-        for w in waves:
-            lms = fe(torch.from_numpy(w).to(device))  # (F, T)
-            std, mean = torch.std_mean(lms, dim=1, correction=0)
-            out.append(torch.cat([mean, std]))
-        return torch.stack(out).cpu().numpy()
-    return ClipEmbedder(name, {"kind": "logmel-stats", "frontend": frontend.to_dict()}, frontend.sample_rate, embed)
-
-
-def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence[str] = ("random", "logmel"), *,
-                    seed: int = 0, device: str | torch.device = "cpu", embed_options: dict | None = None
-                    ) -> list[ClipEmbedder]:
-    """Embedders for each checkpoint, then the baselines built from the first one's config:
-    'random' (same architecture, torch.manual_seed(seed) initialisation) and 'logmel'."""
-    from . import checkpoint as ckpt
-    from . import features, official
-    from .mae import MaskedAutoencoder
-    from .presets import ModelConfig
-
-    options = dict(embed_options or {})
-    if not models:
-        raise ValueError("no model to evaluate: give at least one checkpoint")
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ValueError(f"baselines {unknown}: allowed {sorted(BASELINES)}")
-    out, first = [], None
-    for name, path in models.items():
-        emb = features.load(path, device, **options)
-        if official.is_foreign_weights(path):
-            identity = _file_identity(Path(path))
-        else:
-            where = ckpt.resolve(path)
-            identity = {"checkpoint": str(where.resolve()),
-                        "config_sha256": hashlib.sha256((where / ckpt.CONFIG).read_bytes()).hexdigest(),
-                        "weights": _file_identity(where / ckpt.WEIGHTS)}
-        out.append(_encoder_embedder(name, emb, {"kind": "checkpoint", **identity, "options": options}))
-        first = first or emb.config
-    if "random" in baselines:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            encoder = MaskedAutoencoder(ModelConfig.from_dict(first["model"])).encoder
-        emb = features.Embedder(encoder.to(device), FrontendConfig.from_dict(first["frontend"]), first["norm_stats"],
-                                **{k: v for k, v in options.items() if k in EMBED_OPTIONS})
-        out.append(_encoder_embedder(BASELINES["random"], emb, {
-            "kind": "random-init", "seed": seed, "model": first["model"], "frontend": first["frontend"],
-            "norm_stats": list(first["norm_stats"]), "options": options}))
-    if "logmel" in baselines:
-        out.append(logmel_stats_embedder(FrontendConfig.from_dict(first["frontend"]), device))
-    return out
-
-
-def task_identity(task: Task) -> dict:
-    """What the clips' embeddings depend on: the files (path, size, mtime) or the samples."""
-    if task.waves is not None:
-        h = hashlib.sha256()
-        for w in task.waves:
-            h.update(np.int64(len(w)).tobytes())
-            h.update(np.ascontiguousarray(w, np.float32).tobytes())
-        return {"waves_sha256": h.hexdigest(), "sample_rate": task.sample_rate}
-    return {"files": [list(_file_identity(p).values()) for p in task.paths]}
-
-
-def cache_key(embedder: ClipEmbedder, task_id: dict) -> str:
-    blob = json.dumps({"version": CACHE_VERSION, "model": embedder.identity, "clips": task_id}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-class EmbeddingCache:
-    """(N, D) float32 embeddings keyed by cache_key, in memory and, given a folder, as
-    <folder>/<key>.npz written atomically. A damaged file is ignored and rewritten."""
-
-    def __init__(self, folder: str | os.PathLike | None):
-        self.folder = Path(folder) if folder is not None else None
-        self.memory: dict[str, np.ndarray] = {}
-
-    def get(self, key: str, n: int) -> np.ndarray | None:
-        if key in self.memory:
-            return self.memory[key]
-        path = self.folder / f"{key}.npz" if self.folder else None
-        if path is None or not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                emb = f["embeddings"]
-        except (OSError, ValueError, KeyError) as e:
-            log.warning("%s: unreadable cached embeddings, recomputing (%s)", path, e)
-            return None
-        if emb.ndim != 2 or len(emb) != n:
-            log.warning("%s: cached embeddings of shape %s for %d clips, recomputing", path, emb.shape, n)
-            return None
-        self.memory[key] = emb
-        return emb
-
-    def put(self, key: str, emb: np.ndarray, meta: dict) -> None:
-        self.memory[key] = emb
-        if self.folder is not None:
-            buf = io.BytesIO()
-            np.savez(buf, embeddings=emb, meta=np.array(json.dumps(meta)))
-            atomic_write_bytes(self.folder / f"{key}.npz", buf.getvalue())
-
-
-def embed_task(task: Task, embedder: ClipEmbedder, audio: AudioStore, max_clips: int = 64,
-               max_seconds: float = 600.0) -> np.ndarray:
-    """(N, D) clip embeddings, in batches of at most max_clips clips and max_seconds of audio."""
-    out, batch, samples = [], [], 0
-    limit = max_seconds * embedder.sample_rate
-    lengths = None if task.waves is None else [len(w) * embedder.sample_rate / task.sample_rate for w in task.waves]
-    for i in range(len(task) + 1):
-        n = lengths[i] if lengths is not None and i < len(task) else 0
-        if batch and (i == len(task) or len(batch) == max_clips or samples + n > limit):
-            out.append(embedder.embed(audio.clips(task, embedder.sample_rate, batch)))
-            batch, samples = [], 0
-        if i < len(task):
-            batch.append(i)
-            samples += n
-    return np.concatenate(out).astype(np.float32, copy=False)
-
 
 # --- the runner ----------------------------------------------------------------------------------
 

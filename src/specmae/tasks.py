@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .probe import KINDS, METRICS, score
+from .metrics import KINDS, METRICS, score
 
 log = logging.getLogger(__name__)
 
