@@ -16,8 +16,9 @@ per batch), each config with its own head and fused Adam; a config that stops le
 The cost is then the heads' own matrix products: about 0.3 s per config and epoch for 2,300
 clips of 3,840-d features and a 1,024-wide hidden layer on 2 CPU cores in fp32. Precision 'auto'
 (the default) autocasts them to bf16 where the device has bf16 matrix units (GPUs, CPUs with
-AVX512-BF16 or AMX): 2.5x faster on FSDD with the same chosen configs and test scores
-(benchmarks/README.md); elsewhere it is fp32. Reports record the precision that ran.
+AVX512-BF16 or AMX): 2.2-2.8x faster on FSDD (benchmarks/README.md); elsewhere it is fp32.
+bf16 can pick another configuration where validation scores nearly tie, so reports record the
+precision that ran, and 'fp32' is the choice for results compared across machines.
 Everything is seeded (initialisation, shuffling, dropout) through explicit generators, so a run
 is deterministic and never touches the global RNG.
 """
