@@ -48,6 +48,19 @@ def test_weight_decay_groups():
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
 
 
+def test_bf16_run_learns_and_keeps_fp32_weights(tmp_path):
+    # bf16 autocast takes the explicit-matmul attention on the CPU (vit.attention); training
+    # through it must still learn, and the stored weights stay float32.
+    result = pretrain(tiny_run(epochs=6, bf16=True), tmp_path, progress=False)
+    records = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert all(map(torch.isfinite, torch.tensor(losses)))
+    assert sum(losses[-6:]) < sum(losses[:6])
+    state, _ = load_checkpoint(tmp_path)
+    assert {t.dtype for t in state.values()} == {torch.float32}
+    assert result.step == 6 * (48 // 8)
+
+
 def test_run_writes_checkpoints_logs_and_learns(tmp_path):
     cfg = tiny_run(epochs=6)
     result = pretrain(cfg, tmp_path, progress=False)
