@@ -8,6 +8,9 @@ Throughput: seconds of audio embedded per second of wall time, for `--batches` c
 `--seconds` each per call (whole pipeline: front-end, chunking, encoder, clip mean), median of
 `--repeats` calls. Achieved FLOP/s counts the encoder's matmuls (benchmarks/common.py) on the
 chunks actually encoded and is given as a fraction of the measured matmul peak of that dtype.
+Ceiling: the encoder alone on 16 clips' chunks against the same matrix products run bare (same
+shapes, no LayerNorm, GELU, softmax, residuals or casts): how much of the time any fusion of the
+other operations could win back.
 Memory: peak resident memory (CPU) or peak allocated memory (CUDA) of a fresh process that embeds
 one clip of each `--memory-minutes` length, beside the bytes of its input and output.
 Prints Markdown tables.
@@ -46,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--chunks-per-call", type=int, help="encoder batch in chunks (default: the library's)")
+    p.add_argument("--compile", action="store_true", help="Embedder(compile=True); compilation is in the warm-up")
     p.add_argument("--memory-minutes", nargs="*", type=float, default=[1, 5, 20])
     p.add_argument("--smoke", action="store_true", help="tiny model, short clips, one repeat")
     p.add_argument("--memory-child", type=float, help=argparse.SUPPRESS)
@@ -56,12 +60,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def build(preset: str, size: str, device: str, chunks_per_call: int | None) -> Embedder:
+def build(preset: str, size: str, device: str, chunks_per_call: int | None, compile: bool = False) -> Embedder:
     """A randomly initialised encoder (speed does not depend on the weights)."""
     extra = dict(dim=48, depth=3, heads=3, decoder_dim=32, decoder_depth=1, decoder_heads=4) if size == "smoke" else {}
     cfg = model_config(preset, "tiny" if size == "smoke" else size, **extra)
     model = MaskedAutoencoder(cfg).eval()
-    return Embedder(model.encoder, FrontendConfig(), (-7.1, 4.2), chunks_per_call=chunks_per_call).to(device)
+    return Embedder(model.encoder, FrontendConfig(), (-7.1, 4.2), chunks_per_call=chunks_per_call,
+                    compile=compile).to(device)
 
 
 def throughput(args: argparse.Namespace, device: torch.device) -> list[str]:
@@ -69,7 +74,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[str]:
             "|---|---|---|---|---|---|---|"]
     peaks = {}
     for preset in args.presets:
-        embedder = build(preset, args.size, args.device, args.chunks_per_call)
+        embedder = build(preset, args.size, args.device, args.chunks_per_call, args.compile)
         cfg = embedder.encoder.cfg
         n = int(args.seconds * embedder.sample_rate)
         chunk_flops = encoder_flops(ModelConfig(encoder=cfg))
@@ -83,11 +88,48 @@ def throughput(args: argparse.Namespace, device: torch.device) -> list[str]:
                                  device, args.repeats, warmup=1)
                 chunks = batch * -(-(1 + n // embedder.frontend.cfg.hop_length) // cfg.n_frames)
                 flops = chunks * chunk_flops / seconds
-                rows.append(f"| {preset} | {precision} | {batch} x {args.seconds:g} | {chunks} | "
+                mode = precision + (" compiled" if args.compile else "")
+                rows.append(f"| {preset} | {mode} | {batch} x {args.seconds:g} | {chunks} | "
                             f"{batch * args.seconds / seconds:.1f} | {flops / 1e9:.1f} G | "
                             f"{flops / peaks[precision]:.0%} |")
     peak_rows = [f"matmul peak {p}: {v / 1e9:.1f} GFLOP/s" for p, v in peaks.items()]
     return peak_rows + [""] + rows
+
+
+def ceiling(args: argparse.Namespace, device: torch.device, clips: int = 16) -> list[str]:
+    rows = ["| preset | precision | chunks | encoder ms | its matrix products alone, ms | share |", "|---|---|---|---|---|---|"]
+    linear = torch.nn.functional.linear
+    for preset in args.presets:
+        embedder = build(preset, args.size, args.device, args.chunks_per_call)
+        cfg = embedder.encoder.cfg
+        chunks = clips * -(-(1 + int(args.seconds * embedder.sample_rate) // embedder.frontend.cfg.hop_length)
+                           // cfg.n_frames)
+        tokens = cfg.num_patches + (1 if cfg.use_cls else 0)
+        x = torch.randn(chunks, 1, cfg.n_mels, cfg.n_frames, device=device)
+        for precision in args.precisions:
+            dtype = DTYPES[precision]
+            hidden = int(cfg.dim * cfg.mlp_ratio)
+            h = torch.randn(chunks * tokens, cfg.dim, device=device, dtype=dtype)
+            h4 = torch.randn(chunks * tokens, hidden, device=device, dtype=dtype)
+            w = [torch.randn(o, i, device=device, dtype=dtype) for o, i in
+                 ((3 * cfg.dim, cfg.dim), (cfg.dim, cfg.dim), (hidden, cfg.dim))]
+            w_fc2 = torch.randn(cfg.dim, hidden, device=device, dtype=dtype)
+            q = torch.randn(chunks, cfg.heads, tokens, cfg.dim // cfg.heads, device=device, dtype=dtype)
+
+            def products():
+                for _ in range(cfg.depth):
+                    for weight in w:
+                        linear(h, weight)
+                    linear(h4, w_fc2)
+                    (q @ q.transpose(-2, -1)) @ q
+
+            forward = embedder._forward_fn(precision)
+            with torch.inference_mode():
+                encoder = timeit(lambda: forward(x, False), device, args.repeats, warmup=1)
+                bare = timeit(products, device, args.repeats, warmup=1)
+            rows.append(f"| {preset} | {precision} | {chunks} | {encoder * 1e3:.0f} | {bare * 1e3:.0f} | "
+                        f"{bare / encoder:.0%} |")
+    return rows
 
 
 def memory_child(args: argparse.Namespace) -> None:
@@ -136,6 +178,8 @@ def main(argv=None) -> None:
     print(f"# bench_embed: {machine()}, load average {load_average():.2f}")
     print(f"size {args.size}, {args.repeats} repeats, median\n")
     print("\n".join(throughput(args, device)))
+    print(f"\nceiling, 16 clips x {args.seconds:g} s:\n")
+    print("\n".join(ceiling(args, device)))
     if args.memory_minutes:
         print(f"\npeak memory, {args.presets[0]} {args.size} fp32, one clip per fresh process:\n")
         print("\n".join(memory(args)))

@@ -1,6 +1,7 @@
 """Frame and clip features: chunking, frame counts, timestamps, options, bad input, golden parity."""
 
 import copy
+import shutil
 
 import numpy as np
 import pytest
@@ -131,6 +132,24 @@ def test_bf16_is_close_to_fp32(embedder):
     a, b = embedder.embed(wave, SR).frames, embedder.embed(wave, SR, precision="bf16").frames
     assert b.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.99
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_groups_equal_eager(embedder):
+    # 10 s = 5 chunks in groups of 2: two full groups go through the compiled encoder, the last
+    # chunk runs eagerly; the frames must not depend on which path encoded them.
+    from torch._dynamo.utils import counters
+    wave = noise(10)
+    eager = Embedder(embedder.encoder, embedder.frontend.cfg, embedder.norm_stats, chunks_per_call=2)
+    compiled = Embedder(embedder.encoder, embedder.frontend.cfg, embedder.norm_stats, chunks_per_call=2,
+                        compile=True)
+    before = counters["stats"]["unique_graphs"]
+    for layers in (None, [0, 2]):
+        torch.testing.assert_close(compiled.embed(wave, SR, layers=layers).frames,
+                                   eager.embed(wave, SR, layers=layers).frames, atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] > before
+    assert len(compiled._compiled) == 1
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 44100, 96000])

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 BASELINES = {"random": "random init", "logmel": "log-mel stats"}
-EMBED_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call")
+EMBED_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call", "compile")
 
 class AudioStore:
     """Decoded clips of tasks, checked once before anything is embedded. Kept in memory up to
