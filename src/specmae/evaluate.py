@@ -208,6 +208,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for embedding and probes: cpu, cuda, cuda:1")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="encoder precision")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (see specmae embed)")
     parser.add_argument("--layers", help="encoder layers, comma-separated (default: the last)")
     parser.add_argument("--layer-mode", choices=("mean", "concat"))
     parser.add_argument("--valid-fraction", type=float, default=0.15,
@@ -245,8 +246,8 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
         named.append((name or ("pre-trained" if len(args.model) == 1 else Path(path).name), path))
     models = dict(zip(_unique([n for n, _ in named]), [p for _, p in named]))
     options = {k: v for k, v in {"precision": args.precision, "layer_mode": args.layer_mode,
-                                 "layers": [int(l) for l in args.layers.split(",")] if args.layers else None
-                                 }.items() if v is not None}
+                                 "layers": [int(l) for l in args.layers.split(",")] if args.layers else None,
+                                 "compile": args.compile or None}.items() if v is not None}
     baselines = [] if args.baselines.strip() == "none" else [b.strip() for b in args.baselines.split(",") if b.strip()]
     try:
         rate = _model_rate(next(iter(models.values())))
