@@ -11,7 +11,8 @@ from conftest import GOLDEN_MODELS
 from specmae.audio import AudioError, FrontendConfig, resample
 from specmae.checkpoint import save_checkpoint
 from specmae.official import load_official
-from specmae.features import Embedder, embed_normalised, frame_features, frame_timestamps, load, num_frames
+from specmae.chunking import embed_normalised, frame_features, frame_timestamps, num_frames
+from specmae.features import Embedder, load
 from specmae.mae import MaskedAutoencoder
 from specmae.presets import model_config
 

@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from .audio import AudioError, load_audio
 from .checkpoint import atomic_write_bytes, atomic_write_text
-from .features import Embedder, resolve_layers
+from .chunking import resolve_layers
+from .features import Embedder
 
 log = logging.getLogger(__name__)
 

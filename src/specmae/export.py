@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, load_model
-from .features import tokens_to_frames
+from .chunking import tokens_to_frames
 from .vit import Encoder
 
 FORMATS = ("exported", "torchscript", "onnx")
