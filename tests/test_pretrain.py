@@ -61,6 +61,17 @@ def test_bf16_run_learns_and_keeps_fp32_weights(tmp_path):
     assert result.step == 6 * (48 // 8)
 
 
+def test_hint_schedule_beyond_the_run_is_reported(tmp_path, caplog):
+    cfg = tiny_run(epochs=1)
+    cfg.masking.strategy = "dwm"
+    pretrain(cfg, tmp_path / "late", progress=False, max_steps=1)
+    assert "every mask is random" in caplog.text
+    caplog.clear()
+    cfg.masking.hint_start_epoch = 0
+    pretrain(cfg, tmp_path / "early", progress=False, max_steps=1)
+    assert "every mask is random" not in caplog.text
+
+
 def test_run_writes_checkpoints_logs_and_learns(tmp_path):
     cfg = tiny_run(epochs=6)
     result = pretrain(cfg, tmp_path, progress=False)

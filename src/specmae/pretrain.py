@@ -30,7 +30,7 @@ from .audio import FrontendConfig
 from .checkpoint import atomic_write_text, commit_latest, load_checkpoint, load_train_state, resolve, save_checkpoint
 from .data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
 from .mae import MaskedAutoencoder
-from .masking import Masker, MaskingConfig, hint_ratio
+from .masking import HINTED, Masker, MaskingConfig, hint_ratio
 from .presets import ModelConfig, _from_dict
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,11 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         raise ValueError(f"batch_size {train.batch_size} is not a multiple of micro_batch {micro} "
                          f"x {env.world} processes")
     cfg.masking.validate(enc.grid)
+    m = cfg.masking
+    if env.main and m.strategy in HINTED and m.hint_ratio is None and m.hint_start_epoch >= train.epochs:
+        log.warning("masking %s: the hint schedule starts at epoch %d of a %d-epoch run, so every mask "
+                    "is random (hint ratio 1); set masking.hint_start_epoch or masking.hint_ratio",
+                    m.strategy, m.hint_start_epoch, train.epochs)
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
