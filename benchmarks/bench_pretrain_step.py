@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from common import load_average, machine, mae_step_flops, matmul_peak, timeit, training_step
+from common import load_average, machine, mae_step_flops, matmul_peak, sync, timeit, training_step
 from specmae.mae import MaskedAutoencoder
 from specmae.pretrain import param_groups
 from specmae.presets import model_config
@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--modes", default="fp32,bf16")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time forward, backward and optimizer step apart, with page faults per step")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,7 +54,49 @@ def main() -> None:
         achieved = flops * args.batch / seconds
         print(f"| {mode}{' compiled' if args.compile else ''} | {args.batch / seconds:.2f} | "
               f"{achieved / 1e12:.3f} | {peak / 1e12:.3f} | {100 * achieved / peak:.0f} % |", flush=True)
+    if args.breakdown:
+        print("\n| mode | forward ms | backward ms | optimizer ms | step ms | page faults / step |")
+        print("|---|---|---|---|---|---|")
+        for mode in args.modes.split(","):
+            print(breakdown(cfg, args, device, mode == "bf16"), flush=True)
     print(f"\nload average after: {load_average():.2f}")
+
+
+def breakdown(cfg, args, device: torch.device, bf16: bool, steps: int = 10) -> str:
+    """Median wall time of each part of a step (eager), and minor page faults per step."""
+    import resource
+    import statistics
+    import time
+
+    from specmae.masking import random_masking
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
+    x = torch.randn(args.batch, 1, cfg.encoder.n_mels, cfg.encoder.n_frames, device=device)
+    generator = torch.Generator(device).manual_seed(0)
+    parts, faults = {"forward": [], "backward": [], "optimizer": []}, []
+    for i in range(steps + 2):
+        ids = random_masking(x, cfg.encoder.grid, args.mask_ratio, generator)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _, _ = model(x, args.mask_ratio, ids_shuffle=ids)
+        sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        t3 = time.perf_counter()
+        if i >= 2:  # the first steps allocate for good
+            for name, a, b in (("forward", t0, t1), ("backward", t1, t2), ("optimizer", t2, t3)):
+                parts[name].append((b - a) * 1e3)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    return (f"| {'bf16' if bf16 else 'fp32'} | {med['forward']:.0f} | {med['backward']:.0f} | "
+            f"{med['optimizer']:.0f} | {sum(med.values()):.0f} | {statistics.median(faults):,.0f} |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from specmae.masking import random_masking
 from specmae.presets import ModelConfig
 
 # Measure what `specmae` commands run: they keep freed memory in the process (allocator.py).
-retain_freed_memory()
+# SPECMAE_BENCH_DEFAULT_MALLOC=1 measures glibc's defaults instead, for the before/after figures.
+if os.environ.get("SPECMAE_BENCH_DEFAULT_MALLOC") != "1":
+    retain_freed_memory()
 
 
 def machine() -> str:
