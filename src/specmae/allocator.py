@@ -3,7 +3,7 @@
 glibc's malloc serves blocks of more than a few MB with fresh `mmap` pages and returns them on
 `free`; a training step allocates and frees hundreds of such blocks (weight casts, gradients,
 activations), so every step pays page faults and kernel zeroing on all of them. On the 2-core
-CPU machine that was a third of a bf16 ViT-B step (benchmarks/README.md). Raising the mmap and
+CPU machine that was over 40 % of a bf16 ViT-B step (benchmarks/README.md). Raising the mmap and
 trim thresholds makes freed blocks stay in the heap for the next step. Peak memory is unchanged;
 the process just does not shrink back after its peak, which a training or embedding job would
 reach again in its next batch anyway.
