@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 BASELINES = {"random": "random init", "logmel": "log-mel stats"}
-EMBED_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call", "compile")
+
 
 class AudioStore:
     """Decoded clips of tasks, checked once before anything is embedded. Kept in memory up to
@@ -147,7 +147,7 @@ def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence
             torch.manual_seed(seed)
             encoder = MaskedAutoencoder(ModelConfig.from_dict(first["model"])).encoder
         emb = features.Embedder(encoder.to(device), FrontendConfig.from_dict(first["frontend"]), first["norm_stats"],
-                                **{k: v for k, v in options.items() if k in EMBED_OPTIONS})
+                                **{k: v for k, v in options.items() if k in features.EMBED_OPTIONS})
         out.append(_encoder_embedder(BASELINES["random"], emb, {
             "kind": "random-init", "seed": seed, "model": first["model"], "frontend": first["frontend"],
             "norm_stats": list(first["norm_stats"]), "options": options}))

@@ -49,6 +49,8 @@ from .vit import Encoder
 NORMALIZATIONS = ("stored", "batch")
 LAYER_MODES = ("mean", "concat")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Keyword options of Embedder that load() and the evaluation runner pass through.
+EMBED_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call", "compile")
 # Tokens per encoder call: big enough to keep the matrix units busy, small enough that the
 # activations of a block stay in cache on a CPU. Bounds the working memory of any length.
 CHUNK_TOKENS = {"cpu": 2048, "cuda": 65536}
@@ -286,16 +288,15 @@ def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
     """
     from . import checkpoint, official
 
-    embed_keys = {"layers", "layer_mode", "normalization", "precision", "chunks_per_call", "compile"}
-    embed_opts = {k: v for k, v in options.items() if k in embed_keys}
-    other = {k: v for k, v in options.items() if k not in embed_keys}
+    embed_opts = {k: v for k, v in options.items() if k in EMBED_OPTIONS}
+    other = {k: v for k, v in options.items() if k not in EMBED_OPTIONS}
     if official.is_foreign_weights(path):
         model, config = official.load_official(path, **other)
         model = model.to(device)
     else:
         if other:
             raise TypeError(f"unknown options {sorted(other)} for a specmae checkpoint; "
-                            f"allowed {sorted(embed_keys)}")
+                            f"allowed {sorted(EMBED_OPTIONS)}")
         model, config = checkpoint.load_model(path, device)
     return Embedder(model.encoder, FrontendConfig.from_dict(config["frontend"]), config["norm_stats"],
                     config=config, **embed_opts)
