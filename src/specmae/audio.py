@@ -192,7 +192,15 @@ class LogMelFrontend(torch.nn.Module):
     """Waveform -> natural-log mel spectrogram, batched, on the device of its buffers.
 
     Buffers (non-persistent, rebuilt from the config, so they never enter checkpoints):
-    `window` (win_length,) periodic Hann, `mel_fb` (n_mels, n_fft // 2 + 1) Slaney filters.
+    `window` (n_fft,) periodic Hann of win_length, zero-padded to n_fft about its centre as
+    torch.stft pads it, in float64; `mel_fb` (n_mels, n_fft // 2 + 1) Slaney filters, float32.
+
+    Framing, window and FFT run in float64; the power spectrum is rounded to float32 and the
+    mel product and log run in float32. A float32 FFT is exact only to ~1e-7 of the loudest bins
+    of its frame, so a quiet bin between loud ones (a mel filter narrower than the FFT resolution
+    reads one bin) came out up to 1.3e-4 off in the log domain, by how the CPU's FFT kernels
+    round, against 3.4e-5 for the official front-end on the golden inputs. Rounding after the
+    FFT costs each bin only its own relative precision (~3e-7 from float64 overall).
     """
 
     # On CPU the batch is processed this many frames at a time so that the frame, spectrum and
@@ -206,7 +214,10 @@ class LogMelFrontend(torch.nn.Module):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else FrontendConfig()
         bank = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
-        self.register_buffer("window", torch.hann_window(cfg.win_length, periodic=True), persistent=False)
+        window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
+        left = (cfg.n_fft - cfg.win_length) // 2
+        window = torch.nn.functional.pad(window, (left, cfg.n_fft - cfg.win_length - left))
+        self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(bank), persistent=False)
         self._bands = []  # (first filter, end filter, first bin, end bin) per group
         for rows in np.array_split(np.arange(cfg.n_mels), min(self.mel_groups, cfg.n_mels)):
@@ -231,7 +242,7 @@ class LogMelFrontend(torch.nn.Module):
             raise AudioError("<waveform>: empty audio (0 samples)")
         if wave.device != self.window.device:
             raise ValueError(f"wave is on {wave.device} but the front-end on {self.window.device}; use .to()")
-        x = wave.reshape(-1, wave.shape[-1]).to(self.window.dtype)  # (B, S)
+        x = wave.reshape(-1, wave.shape[-1]).to(self.mel_fb.dtype)  # (B, S)
         n_frames = self.num_frames(x.shape[-1])
         out = x.new_empty(x.shape[0], self.cfg.n_mels, n_frames)  # (B, F, T)
         step = max(1, self.cpu_chunk_frames // x.shape[0]) if x.device.type == "cpu" else n_frames
@@ -259,12 +270,10 @@ class LogMelFrontend(torch.nn.Module):
 
     def _log_mel(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples (B, S') whose frames are all complete -> log-mel (B, F, T') of those frames."""
-        spec = torch.stft(
-            samples, self.cfg.n_fft, self.cfg.hop_length, self.cfg.win_length, self.window,
-            center=False, return_complex=True,
-        )  # (B, K, T') complex, K = n_fft // 2 + 1, laid out in memory as (B, T', K)
-        re_im = torch.view_as_real(spec).square_()  # (B, K, T', 2), in place: spec is ours
-        power = (re_im[..., 0] + re_im[..., 1]).transpose(1, 2).reshape(-1, spec.shape[1])  # (B*T', K)
+        frames = samples.unfold(-1, self.cfg.n_fft, self.cfg.hop_length).to(self.window.dtype)  # (B, T', N) copy
+        spec = torch.fft.rfft(frames.mul_(self.window))  # (B, T', K), K = n_fft // 2 + 1
+        re_im = torch.view_as_real(spec).square_()  # (B, T', K, 2), in place: spec is ours
+        power = (re_im[..., 0] + re_im[..., 1]).to(self.mel_fb.dtype).view(-1, spec.shape[-1])  # (B*T', K)
         # One 2-D product per filter group, over the FFT bins that group spans. The result is
         # laid out (F, B, T') so that the caller's copy into (B, F, T') moves whole rows of T'.
         mel = power.new_empty(self.cfg.n_mels, power.shape[0])  # (F, B*T')
