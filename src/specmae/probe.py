@@ -15,8 +15,9 @@ Speed: the whole grid trains in lock-step over the same mini-batches (one shuffl
 per batch), each config with its own head and fused Adam; a config that stops leaves the loop.
 The cost is then the heads' own matrix products: about 0.3 s per config and epoch for 2,300
 clips of 3,840-d features and a 1,024-wide hidden layer on 2 CPU cores in fp32. Precision 'auto'
-(the default) autocasts them to bf16 where the device has bf16 matrix units (GPUs, CPUs with
-AVX512-BF16 or AMX): 2.2-2.8x faster on FSDD (benchmarks/README.md); elsewhere it is fp32.
+(the default) autocasts them to bf16 where bf16 products are faster (GPUs; CPUs whose bf16
+instructions measure >= 1.3x fp32, see native_bf16): 2.2-2.8x faster on FSDD on an AMD EPYC
+(benchmarks/README.md); elsewhere it is fp32.
 bf16 can pick another configuration where validation scores nearly tie, so reports record the
 precision that ran, and 'fp32' is the choice for results compared across machines.
 Everything is seeded (initialisation, shuffling, dropout) through explicit generators, so a run
@@ -25,6 +26,7 @@ is deterministic and never touches the global RNG.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -45,15 +47,37 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def native_bf16(device: str | torch.device) -> bool:
-    """Whether `device` multiplies bf16 matrices in hardware: a GPU with bf16 support, or a CPU
-    with AVX512-BF16 or AMX (elsewhere CPU bf16 is emulated and slower than fp32)."""
+    """Whether bf16 matrix products are clearly faster than fp32 on `device`: a GPU with bf16
+    support, or a CPU with bf16 instructions (AVX512-BF16 or AMX) whose bf16 products measure at
+    least 1.3x the speed of fp32 ones. The instructions alone do not say it: an AMD EPYC with
+    AVX512-BF16 multiplies bf16 at 4x its fp32 rate, an Intel Xeon with AVX512-BF16 and no AMX
+    at 0.55x (benchmarks/README.md). Without the instructions bf16 is emulated and slower."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private: absent means no
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks) and cpu_bf16_speedup() >= 1.3
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """fp32 time / bf16 time of a (512 x 1024) @ (1024 x 1024) product on this CPU with the current
+    thread count, best of 5 each: measured once per process (~0.1 s)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(512, 1024, generator=gen), torch.randn(1024, 1024, generator=gen)
+
+    def best(x: Tensor, y: Tensor) -> float:
+        x @ y  # warm-up
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            x @ y
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(a, b) / best(a.bfloat16(), b.bfloat16())
 
 
 @dataclass
