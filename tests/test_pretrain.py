@@ -72,6 +72,17 @@ def test_hint_schedule_beyond_the_run_is_reported(tmp_path, caplog):
     assert "every mask is random" not in caplog.text
 
 
+def test_bf16_on_a_cpu_without_fast_bf16_is_reported(tmp_path, caplog, monkeypatch):
+    from specmae import pretrain as module
+    monkeypatch.setattr(module, "native_bf16", lambda device: False)
+    pretrain(tiny_run(epochs=1, bf16=True), tmp_path / "slow", progress=False, max_steps=1)
+    assert "slower than in fp32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(module, "native_bf16", lambda device: True)
+    pretrain(tiny_run(epochs=1, bf16=True), tmp_path / "fast", progress=False, max_steps=1)
+    assert "slower than in fp32" not in caplog.text
+
+
 def test_run_writes_checkpoints_logs_and_learns(tmp_path):
     cfg = tiny_run(epochs=6)
     result = pretrain(cfg, tmp_path, progress=False)

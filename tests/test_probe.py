@@ -172,7 +172,7 @@ def test_auto_precision_resolves_per_device(monkeypatch):
 def test_native_bf16_on_cpu_needs_the_instructions_and_the_speed(monkeypatch):
     import torch
 
-    from specmae import probe
+    from specmae import precision as probe
     assert probe.cpu_bf16_speedup() > 0 and probe.cpu_bf16_speedup() == probe.cpu_bf16_speedup()  # cached
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)

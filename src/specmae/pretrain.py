@@ -31,6 +31,7 @@ from .checkpoint import atomic_write_text, commit_latest, load_checkpoint, load_
 from .data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
 from .mae import MaskedAutoencoder
 from .masking import HINTED, Masker, MaskingConfig, hint_ratio
+from .precision import cpu_bf16_speedup, native_bf16
 from .presets import ModelConfig, _from_dict
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,9 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
         log.warning("masking %s: the hint schedule starts at epoch %d of a %d-epoch run, so every mask "
                     "is random (hint ratio 1); set masking.hint_start_epoch or masking.hint_ratio",
                     m.strategy, m.hint_start_epoch, train.epochs)
+    if env.main and train.bf16 and env.device.type == "cpu" and not native_bf16(env.device):
+        log.warning("bf16 autocast on a CPU whose bf16 matrix products are not faster than fp32 "
+                    "(%.2fx): this run will be slower than in fp32", cpu_bf16_speedup())
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
