@@ -192,10 +192,10 @@ class LogMelFrontend(torch.nn.Module):
     """Waveform -> natural-log mel spectrogram, batched, on the device of its buffers.
 
     Buffers (non-persistent, rebuilt from the config, so they never enter checkpoints):
-    `window` (n_fft,) periodic Hann of win_length, zero-padded to n_fft about its centre as
-    torch.stft pads it, in float64; `mel_fb` (n_mels, n_fft // 2 + 1) Slaney filters, float32.
+    `window` (win_length,) periodic Hann in float64, `mel_fb` (n_mels, n_fft // 2 + 1) Slaney
+    filters in float32.
 
-    Framing, window and FFT run in float64; the power spectrum is rounded to float32 and the
+    The STFT (torch.stft) runs in float64; the power spectrum is rounded to float32 and the
     mel product and log run in float32. A float32 FFT is exact only to ~1e-7 of the loudest bins
     of its frame, so a quiet bin between loud ones (a mel filter narrower than the FFT resolution
     reads one bin) came out up to 1.3e-4 off in the log domain, by how the CPU's FFT kernels
@@ -214,10 +214,9 @@ class LogMelFrontend(torch.nn.Module):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else FrontendConfig()
         bank = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
-        window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
-        left = (cfg.n_fft - cfg.win_length) // 2
-        window = torch.nn.functional.pad(window, (left, cfg.n_fft - cfg.win_length - left))
-        self.register_buffer("window", window, persistent=False)
+        self.register_buffer(
+            "window", torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64), persistent=False
+        )
         self.register_buffer("mel_fb", torch.from_numpy(bank), persistent=False)
         self._bands = []  # (first filter, end filter, first bin, end bin) per group
         for rows in np.array_split(np.arange(cfg.n_mels), min(self.mel_groups, cfg.n_mels)):
@@ -270,10 +269,13 @@ class LogMelFrontend(torch.nn.Module):
 
     def _log_mel(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples (B, S') whose frames are all complete -> log-mel (B, F, T') of those frames."""
-        frames = samples.unfold(-1, self.cfg.n_fft, self.cfg.hop_length).to(self.window.dtype)  # (B, T', N) copy
-        spec = torch.fft.rfft(frames.mul_(self.window))  # (B, T', K), K = n_fft // 2 + 1
-        re_im = torch.view_as_real(spec).square_()  # (B, T', K, 2), in place: spec is ours
-        power = (re_im[..., 0] + re_im[..., 1]).to(self.mel_fb.dtype).view(-1, spec.shape[-1])  # (B*T', K)
+        spec = torch.stft(
+            samples.to(self.window.dtype), self.cfg.n_fft, self.cfg.hop_length, self.cfg.win_length, self.window,
+            center=False, return_complex=True,
+        )  # (B, K, T') complex128, K = n_fft // 2 + 1, laid out in memory as (B, T', K)
+        re_im = torch.view_as_real(spec).square_()  # (B, K, T', 2), in place: spec is ours
+        power = (re_im[..., 0] + re_im[..., 1]).transpose(1, 2).to(self.mel_fb.dtype)  # (B, T', K) float32
+        power = power.view(-1, spec.shape[1])  # (B*T', K)
         # One 2-D product per filter group, over the FFT bins that group spans. The result is
         # laid out (F, B, T') so that the caller's copy into (B, F, T') moves whole rows of T'.
         mel = power.new_empty(self.cfg.n_mels, power.shape[0])  # (F, B*T')
