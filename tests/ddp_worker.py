@@ -12,4 +12,4 @@ from test_pretrain import tiny_run  # noqa: E402
 
 out = sys.argv[1]
 result = pretrain(tiny_run(epochs=2, batch_size=16, micro_batch=4), out, progress=False)
-torch.save(result.model.state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+torch.save({k: v.cpu() for k, v in result.model.state_dict().items()}, os.path.join(out, f"rank{os.environ['RANK']}.pt"))

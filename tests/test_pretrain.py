@@ -155,6 +155,8 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_hold_identical_weights(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if torch.cuda.device_count() < 2:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # two CPU processes over gloo; with 2 GPUs, NCCL
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     str(HERE / "ddp_worker.py"), str(tmp_path)], env=env, check=True, timeout=300)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -165,6 +167,15 @@ def test_torchrun_two_processes_hold_identical_weights(tmp_path):
         assert torch.equal(r0[k], r1[k]), k
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["train"]["micro_batch"] == 4  # 2 processes x 4 x 2 accumulation steps = 16
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from specmae.pretrain import init_distributed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(RuntimeError, match="only 1 GPU.*CUDA_VISIBLE_DEVICES="):
+        init_distributed()
 
 
 def test_masking_strategy_and_hint_schedule_are_recorded(tmp_path):

@@ -120,6 +120,9 @@ def init_distributed() -> Dist:
     rank = int(os.environ.get("RANK", 0))
     local = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(f"process {local} on this node but only {torch.cuda.device_count()} GPU(s) visible: "
+                               "start one process per GPU, or set CUDA_VISIBLE_DEVICES= to train on the CPU")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     else:
