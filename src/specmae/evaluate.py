@@ -204,7 +204,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, help="override the grid's maximum epochs")
     parser.add_argument("--patience", type=int, help="override the early-stopping patience (epochs)")
     parser.add_argument("--probe-precision", choices=PRECISIONS,
-                        help="probe matrix products (default auto: bf16 where the device has bf16 units, else fp32)")
+                        help="probe matrix products (default auto: bf16 where it measures faster than fp32, else fp32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for embedding and probes: cpu, cuda, cuda:1")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="encoder precision")
