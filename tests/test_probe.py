@@ -172,16 +172,17 @@ def test_auto_precision_resolves_per_device(monkeypatch):
 def test_native_bf16_on_cpu_needs_the_instructions_and_the_speed(monkeypatch):
     import torch
 
-    from specmae import precision as probe
-    assert probe.cpu_bf16_speedup() > 0 and probe.cpu_bf16_speedup() == probe.cpu_bf16_speedup()  # cached
+    from specmae import precision
+    speedup = precision.cpu_bf16_speedup()
+    assert speedup > 0 and precision.cpu_bf16_speedup() == speedup  # measured once, then cached
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(probe, "cpu_bf16_speedup", lambda: 0.55)  # Intel Xeon, AVX512-BF16, no AMX
-    assert not probe.native_bf16("cpu")
-    monkeypatch.setattr(probe, "cpu_bf16_speedup", lambda: 4.2)  # AMD EPYC, AVX512-BF16
-    assert probe.native_bf16("cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.55)  # Intel Xeon, AVX512-BF16, no AMX
+    assert not precision.native_bf16("cpu")
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 4.2)  # AMD EPYC, AVX512-BF16
+    assert precision.native_bf16("cpu")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)  # emulated bf16
-    assert not probe.native_bf16("cpu")
+    assert not precision.native_bf16("cpu")
 
 
 def test_bf16_probe_agrees_with_fp32():

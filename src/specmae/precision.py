@@ -17,7 +17,7 @@ def native_bf16(device: str | torch.device) -> bool:
     support, or a CPU with bf16 instructions (AVX512-BF16 or AMX) whose bf16 products measure at
     least 1.3x the speed of fp32 ones. The instructions alone do not say it: an AMD EPYC with
     AVX512-BF16 multiplies bf16 at 4x its fp32 rate, an Intel Xeon with AVX512-BF16 and no AMX
-    at 0.55x (benchmarks/README.md). Without the instructions bf16 is emulated and slower."""
+    at about 0.5x (benchmarks/README.md). Without the instructions bf16 is emulated and slower."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
