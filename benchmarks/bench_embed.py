@@ -32,8 +32,8 @@ from common import encoder_flops, load_average, machine, matmul_peak, timeit  # 
 
 from specmae.audio import FrontendConfig  # noqa: E402
 from specmae.features import Embedder  # noqa: E402
-from specmae.mae import MaskedAutoencoder  # noqa: E402
-from specmae.presets import ModelConfig, model_config  # noqa: E402
+from specmae.model.mae import MaskedAutoencoder  # noqa: E402
+from specmae.model.presets import ModelConfig, model_config  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -36,11 +36,11 @@ from common import load_average, machine  # noqa: E402
 
 from specmae.audio import FrontendConfig  # noqa: E402
 from specmae.checkpoint import save_checkpoint  # noqa: E402
-from specmae.evaluate import evaluate  # noqa: E402
-from specmae.tasks import read_manifest  # noqa: E402
-from specmae.mae import MaskedAutoencoder  # noqa: E402
-from specmae.presets import model_config  # noqa: E402
-from specmae.probe import GRIDS, PRECISIONS  # noqa: E402
+from specmae.evaluation.evaluate import evaluate  # noqa: E402
+from specmae.evaluation.tasks import read_manifest  # noqa: E402
+from specmae.model.mae import MaskedAutoencoder  # noqa: E402
+from specmae.model.presets import model_config  # noqa: E402
+from specmae.evaluation.probe import GRIDS, PRECISIONS  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 

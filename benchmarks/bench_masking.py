@@ -18,10 +18,10 @@ import dataclasses
 import torch
 
 from common import load_average, machine, timeit, training_step
-from specmae.mae import MaskedAutoencoder
+from specmae.model.mae import MaskedAutoencoder
 from specmae.masking import PATTERNS, Masker, MaskingConfig, hint_ratio
-from specmae.pretrain import param_groups
-from specmae.presets import model_config
+from specmae.training.pretrain import param_groups
+from specmae.model.presets import model_config
 
 STRATEGIES = {
     "random": MaskingConfig("random"),

@@ -17,9 +17,9 @@ import statistics
 import torch
 
 from common import load_average, machine, mae_step_flops, matmul_peak, sync, timeit, training_step
-from specmae.mae import MaskedAutoencoder
-from specmae.pretrain import param_groups
-from specmae.presets import model_config
+from specmae.model.mae import MaskedAutoencoder
+from specmae.training.pretrain import param_groups
+from specmae.model.presets import model_config
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 
 from specmae.allocator import retain_freed_memory
 from specmae.masking import random_masking
-from specmae.presets import ModelConfig
+from specmae.model.presets import ModelConfig
 
 # Measure what `specmae` commands run: they keep freed memory in the process (allocator.py).
 # SPECMAE_BENCH_DEFAULT_MALLOC=1 measures glibc's defaults instead, for the before/after figures.

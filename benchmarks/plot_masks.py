@@ -24,9 +24,9 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from specmae.audio import FrontendConfig, LogMelFrontend, load_audio  # noqa: E402
 from specmae.masking import Masker, MaskingConfig, patch_dispersion  # noqa: E402
-from specmae.presets import model_config  # noqa: E402
-from specmae.synth import CLASSES, make_corpus  # noqa: E402
-from specmae.vit import Encoder  # noqa: E402
+from specmae.model.presets import model_config  # noqa: E402
+from specmae.audio.synth import CLASSES, make_corpus  # noqa: E402
+from specmae.model.vit import Encoder  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 RECORDINGS = ("9_theo_16.wav", "3_lucas_7.wav", "0_george_0.wav")

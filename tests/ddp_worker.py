@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from specmae.pretrain import pretrain
+from specmae.training.pretrain import pretrain
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_pretrain import tiny_run  # noqa: E402

@@ -9,16 +9,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from specmae.audio import (
-    AudioError,
-    FrontendConfig,
-    LogMelFrontend,
-    check_waveform,
-    load_audio,
-    mel_filterbank,
-    reflect_indices,
-    resample,
-)
+from specmae.audio import (AudioError, FrontendConfig, LogMelFrontend, check_waveform, load_audio, mel_filterbank, reflect_indices, resample)
 
 SHARED = Path(os.environ.get("SPECMAE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 GOLDEN = SHARED / "golden"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from specmae import synth
+from specmae.audio import synth
 
 TINY = ["--preset", "80x96p16x16", "--size", "tiny", "--quiet", "--batch-size", "8", "--workers", "0",
         "--warmup-epochs", "1", "--set", "model.encoder.depth=2", "--set", "model.decoder.depth=1",

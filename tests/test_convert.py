@@ -10,12 +10,12 @@ import torch
 
 from conftest import GOLDEN_MODELS
 from specmae.checkpoint import CheckpointError, load_model
-from specmae.official import convert_official, load_official
+from specmae.checkpoint.official import convert_official, load_official
 from specmae.cli import main
-from specmae.export import ChunkEncoder, export, load_exported
+from specmae.features.export import ChunkEncoder, export, load_exported
 from specmae.features import load
 from specmae.masking import ids_from_noise
-from specmae.vit import Block
+from specmae.model.vit import Block
 from test_features import tiny_checkpoint
 
 

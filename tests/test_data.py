@@ -8,9 +8,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from specmae import synth
+from specmae.audio import synth
 from specmae.audio import FrontendConfig
-from specmae.data import CropBatches, corpus_from_waves, find_audio_files, load_corpus, prepare_corpus
+from specmae.audio import find_audio_files
+from specmae.training.data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import soundfile as sf
 
 from specmae.audio import load_audio
 from specmae.cli import main
-from specmae.embed import embed_files, find_audio
+from specmae.features.embed import embed_files, find_audio
 from specmae.features import load
 from test_features import tiny_checkpoint
 

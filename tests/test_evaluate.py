@@ -10,16 +10,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from specmae import synth
+from specmae.audio import synth
 from specmae.audio import FrontendConfig
 from specmae.checkpoint import save_checkpoint
-from specmae.evaluate import (ClipEmbedder, add_evaluate_arguments, cache_key, evaluate, run_evaluate_command,
-                              task_identity)
-from specmae.tasks import Task, TaskError, load_task, read_hear_task, read_manifest
-from specmae.mae import MaskedAutoencoder
-from specmae.presets import model_config
-from specmae.evaluate import builtin_comparison
-from specmae.probe import ProbeConfig
+from specmae.evaluation.evaluate import (ClipEmbedder, add_evaluate_arguments, cache_key, evaluate, run_evaluate_command, task_identity)
+from specmae.evaluation.tasks import Task, TaskError, load_task, read_hear_task, read_manifest
+from specmae.model.mae import MaskedAutoencoder
+from specmae.model.presets import model_config
+from specmae.evaluation.evaluate import builtin_comparison
+from specmae.evaluation.probe import ProbeConfig
 
 pytest.importorskip("matplotlib")
 QUICK = ProbeConfig(heads=("linear", "mlp1"), lrs=(3.2e-3, 1e-3), hidden=64, max_epochs=40, patience=5, batch_size=256)

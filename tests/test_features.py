@@ -10,11 +10,11 @@ import torch
 from conftest import GOLDEN_MODELS
 from specmae.audio import AudioError, FrontendConfig, resample
 from specmae.checkpoint import save_checkpoint
-from specmae.official import load_official
-from specmae.chunking import embed_normalised, frame_features, frame_timestamps, num_frames
+from specmae.checkpoint.official import load_official
+from specmae.features.chunking import embed_normalised, frame_features, frame_timestamps, num_frames
 from specmae.features import Embedder, load
-from specmae.mae import MaskedAutoencoder
-from specmae.presets import model_config
+from specmae.model.mae import MaskedAutoencoder
+from specmae.model.presets import model_config
 
 SR = 16000
 

@@ -8,10 +8,10 @@ import torch
 
 from conftest import GOLDEN_MODELS
 from specmae.checkpoint import CheckpointError
-from specmae.official import from_official_state_dict
-from specmae.mae import MaskedAutoencoder, patchify, unpatchify
+from specmae.checkpoint.official import from_official_state_dict
+from specmae.model.mae import MaskedAutoencoder, patchify, unpatchify
 from specmae.masking import ids_from_noise
-from specmae.presets import INPUT_PRESETS, model_config
+from specmae.model.presets import INPUT_PRESETS, model_config
 
 
 def tiny_cfg(preset="80x208p16x16", **kw):
@@ -162,7 +162,7 @@ def test_impossible_configs_fail_with_allowed_values(bad, message):
 def test_bf16_cpu_attention_matches_fp32_sdpa(length):
     # bf16 on the CPU takes the explicit-matmul path (vit.attention); it must agree with the
     # fp32 fused kernel to bf16 precision, values and gradients.
-    from specmae.vit import attention
+    from specmae.model.vit import attention
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, length, 16, generator=g) for _ in range(3))
     ref = [t.clone().requires_grad_() for t in (q, k, v)]

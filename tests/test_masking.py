@@ -5,12 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from specmae.masking import (
-    PATTERNS, STRATEGIES, Masker, MaskingConfig, dwm_masking, hint_exchange, hint_ratio,
-    inverse_block_centres, inverse_block_masking, n_keep, patch_dispersion, pattern_masking,
-    random_masking, sgim_masking, sgim_scores, structured_masking, time_strip_masking)
-from specmae.presets import model_config
-from specmae.vit import Encoder
+from specmae.masking import (PATTERNS, STRATEGIES, Masker, MaskingConfig, dwm_masking, hint_exchange, hint_ratio, inverse_block_centres, inverse_block_masking, n_keep, patch_dispersion, pattern_masking, random_masking, sgim_masking, sgim_scores, structured_masking, time_strip_masking)
+from specmae.model.presets import model_config
+from specmae.model.vit import Encoder
 
 # grid -> input (F, T): the 16x16, 16x4, strip and 8x16 presets, and a tiny grid.
 GRIDS = {(5, 13): (80, 208), (5, 50): (80, 200), (1, 76): (80, 304), (10, 13): (80, 208), (2, 3): (32, 48)}

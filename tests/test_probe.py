@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from specmae.metrics import accuracy, chance_score, mean_average_precision, roc_auc
-from specmae.probe import GRIDS, ProbeConfig, make_head, standardise, train_probe
+from specmae.evaluation.metrics import accuracy, chance_score, mean_average_precision, roc_auc
+from specmae.evaluation.probe import GRIDS, ProbeConfig, make_head, standardise, train_probe
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -158,7 +158,7 @@ def test_mlp_head_layout_and_seeded_init():
 def test_auto_precision_resolves_per_device(monkeypatch):
     import torch
 
-    from specmae import probe
+    from specmae.evaluation import probe
     assert ProbeConfig().precision == "auto"
     assert ProbeConfig(precision="fp32").resolved("cpu").precision == "fp32"
     monkeypatch.setattr(probe, "native_bf16", lambda device: False)

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from specmae import synth
-from specmae.synth import CLASSES, SAMPLE_RATE, corpus_labels, make_clip, make_corpus, write_corpus
+from specmae.audio import synth
+from specmae.audio.synth import CLASSES, SAMPLE_RATE, corpus_labels, make_clip, make_corpus, write_corpus
 
 SEEDS = range(8)
 
@@ -123,7 +123,7 @@ def test_clip_does_not_depend_on_corpus_size():
 
 def test_same_corpus_in_a_fresh_interpreter():
     # no hidden global state: another process draws the same bits
-    code = ("import hashlib; from specmae.synth import make_corpus; "
+    code = ("import hashlib; from specmae.audio.synth import make_corpus; "
             "print(hashlib.sha256(make_corpus(6, seed=7)[0].tobytes()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == hashlib.sha256(make_corpus(6, seed=7)[0].tobytes()).hexdigest()

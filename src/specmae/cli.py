@@ -57,8 +57,8 @@ def pretrain_config(args: argparse.Namespace):
 
 
 def _pretrain_config(args: argparse.Namespace):
-    from .presets import model_config
-    from .pretrain import RunConfig
+    from .model.presets import model_config
+    from .training.pretrain import RunConfig
 
     d = RunConfig().to_dict()
     if args.config:
@@ -87,7 +87,7 @@ def _pretrain_config(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import init_distributed, pretrain
+    from .training.pretrain import init_distributed, pretrain
 
     cfg = pretrain_config(args)
     run_dir = Path(args.out)
@@ -105,10 +105,10 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
     """Loss curve, reconstructions and, on the labelled built-in corpus, the probe comparison."""
     import torch
 
-    from . import synth
+    from .audio import synth
     from .audio import FrontendConfig, LogMelFrontend
     from .checkpoint import load_model
-    from .evaluate import builtin_comparison
+    from .evaluation.evaluate import builtin_comparison
     from .visualize import plot_loss_curve, plot_reconstruction
 
     print(f"loss curve: {plot_loss_curve(run_dir / 'log.jsonl', run_dir / 'loss.png')}")
@@ -136,7 +136,7 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from .audio import FrontendConfig
-    from .data import prepare_corpus
+    from .training.data import prepare_corpus
 
     try:
         out = prepare_corpus(args.source, args.out, FrontendConfig(), args.frames, workers=args.workers)
@@ -146,7 +146,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from .embed import embed_files
+    from .features.embed import embed_files
     from .features import load
 
     try:
@@ -166,7 +166,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from .official import convert_official
+    from .checkpoint.official import convert_official
 
     try:
         out, report = convert_official(args.source, args.out, preset=args.preset, heads=args.heads,
@@ -180,7 +180,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from .export import export
+    from .features.export import export
 
     out = args.out or str(Path(args.checkpoint).name) + {"torchscript": ".pt", "exported": ".pt2",
                                                           "onnx": ".onnx"}[args.format]
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exported: torch.export .pt2 (default); torchscript: .pt; onnx: needs onnx + onnxscript")
     p.set_defaults(func=cmd_export)
 
-    from .evaluate import add_evaluate_arguments, run_evaluate_command
+    from .evaluation.evaluate import add_evaluate_arguments, run_evaluate_command
     p = sub.add_parser("evaluate", help="score checkpoints on labelled tasks with HEAR-style frozen-encoder probes")
     add_evaluate_arguments(p)
     p.set_defaults(func=run_evaluate_command)

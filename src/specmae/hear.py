@@ -77,8 +77,8 @@ def load_model(model_file_path: str = "", **options) -> HearModel:
 
 
 def _untrained(preset: str, size: str, seed: int, embed_options: dict) -> Embedder:
-    from .mae import MaskedAutoencoder
-    from .presets import model_config
+    from .model.mae import MaskedAutoencoder
+    from .model.presets import model_config
 
     log.warning("specmae.hear.load_model(''): untrained %s %s model, for testing only", size, preset)
     with torch.random.fork_rng(devices=[]):

@@ -5,15 +5,14 @@ matplotlib is an optional dependency (`pip install specmae[plots]`); it is impor
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_bytes
-from .mae import MaskedAutoencoder
+from .files import save_png
+from .model.mae import MaskedAutoencoder
 
 
 def _pyplot():
@@ -24,13 +23,6 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)
 
 
 def plot_loss_curve(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -49,8 +41,7 @@ def plot_loss_curve(log_path: str | os.PathLike, out: str | os.PathLike) -> Path
     lr_ax.set_ylabel("learning rate", color="tab:orange")
     ax.set_title(f"pre-training loss ({len(records)} steps, last {records[-1]['loss']:.4f})")
     ax.grid(alpha=0.3)
-    path = _save(fig, out)
-    plt.close(fig)
+    path = save_png(fig, out)
     return path
 
 
@@ -97,6 +88,5 @@ def plot_reconstruction(model: MaskedAutoencoder, x: torch.Tensor, out: str | os
                                        enc.patch_t, enc.patch_f, fill=False, ec="cyan", lw=0.9))
     fig.suptitle(f"masked reconstruction, mask ratio {mask_ratio:.2f}, loss {loss:.4f} "
                  f"(cyan: visible patches; frequency up, time right)", fontsize=10)
-    path = _save(fig, out)
-    plt.close(fig)
+    path = save_png(fig, out)
     return path

@@ -24,15 +24,16 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from . import synth
-from .allocator import retain_freed_memory
-from .audio import FrontendConfig
-from .checkpoint import atomic_write_text, commit_latest, load_checkpoint, load_train_state, resolve, save_checkpoint
+from ..audio import synth
+from ..allocator import retain_freed_memory
+from ..audio import FrontendConfig
+from ..files import atomic_write_text
+from ..checkpoint import commit_latest, load_checkpoint, load_train_state, resolve, save_checkpoint
 from .data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
-from .mae import MaskedAutoencoder
-from .masking import HINTED, Masker, MaskingConfig, hint_ratio
-from .precision import cpu_bf16_speedup, native_bf16
-from .presets import ModelConfig, _from_dict
+from ..model.mae import MaskedAutoencoder
+from ..masking import HINTED, Masker, MaskingConfig, hint_ratio
+from ..precision import cpu_bf16_speedup, native_bf16
+from ..model.presets import ModelConfig, _from_dict
 
 log = logging.getLogger(__name__)
 

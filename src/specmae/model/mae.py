@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .masking import n_keep as count_visible
-from .masking import random_masking
+from ..masking import n_keep as count_visible
+from ..masking import random_masking
 from .presets import ModelConfig
 from .vit import Block, Encoder, init_linear_and_norm, sincos_2d, sincos_flat
 

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .vit import Encoder
+from ..model.vit import Encoder
 
 
 def tokens_to_frames(tokens: Tensor, grid: tuple[int, int], num_prefix: int) -> Tensor:

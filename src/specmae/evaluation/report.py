@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -12,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_text, save_png
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +64,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _save_figure(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str, path: str | os.PathLike) -> Path:
     """Row-normalised confusion matrix (true class per row), counts written in the cells."""
     import matplotlib
@@ -101,7 +90,7 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str, path:
                             color="white" if rate[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return save_png(fig, Path(path), tight=False)
 
 
 def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
@@ -132,7 +121,7 @@ def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
     ax.set_title("frozen-encoder probe: mean over folds (bars: std)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    return _save_figure(fig, Path(path))
+    return save_png(fig, Path(path), tight=False)
 
 
 def write_report(report: dict, out: str | os.PathLike, plots: bool = True) -> list[Path]:

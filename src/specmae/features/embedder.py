@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .audio import AudioError, FrontendConfig, LogMelFrontend, resample
+from ..audio import AudioError, FrontendConfig, LogMelFrontend, resample
 from .chunking import embed_normalised, encode_chunks, frame_timestamps, resolve_layers
-from .vit import Encoder
+from ..model.vit import Encoder
 
 NORMALIZATIONS = ("stored", "batch")
 LAYER_MODES = ("mean", "concat")
@@ -286,7 +286,8 @@ def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
     options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call, compile),
     and for .pth files the `official.load_official` options (preset, heads, norm_stats, ...).
     """
-    from . import checkpoint, official
+    from .. import checkpoint
+    from ..checkpoint import official
 
     embed_opts = {k: v for k, v in options.items() if k in EMBED_OPTIONS}
     other = {k: v for k, v in options.items() if k not in EMBED_OPTIONS}

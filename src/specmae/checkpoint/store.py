@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..files import atomic_write_text, fsync_dir
+
 FORMAT = "specmae-checkpoint"
 VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -32,35 +34,6 @@ LATEST = "latest"
 
 class CheckpointError(ValueError):
     """A path that is not a readable specmae checkpoint; the message names it and why."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
@@ -79,7 +52,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -88,7 +61,7 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -136,8 +109,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """-> (MaskedAutoencoder in eval mode on `device`, config dict) from a checkpoint or run folder."""
-    from .mae import MaskedAutoencoder
-    from .presets import ModelConfig
+    from ..model.mae import MaskedAutoencoder
+    from ..model.presets import ModelConfig
 
     state, config = load_checkpoint(path, map_location=device)
     try:

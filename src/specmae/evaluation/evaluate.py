@@ -34,10 +34,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from .audio import AudioError
-from .embedders import (AudioStore, ClipEmbedder, EmbeddingCache, cache_key, embed_task, model_embedders,
-                        task_identity)
+from .. import __version__
+from ..audio import AudioError
+from .embedders import (AudioStore, ClipEmbedder, EmbeddingCache, cache_key, embed_task, model_embedders, task_identity)
 from .metrics import chance_score
 from .probe import GRIDS, PRECISIONS, ProbeConfig, train_probe
 from .report import markdown, write_report
@@ -168,8 +167,8 @@ def builtin_comparison(checkpoint: str | os.PathLike, n_clips: int = 1000, seed:
     learning rates, at most 100 epochs) so that the demo stays within its time budget; `out`
     also writes the full report there. Returns {model name: test accuracy, 'chance': ...}.
     """
-    from . import synth
-    from .checkpoint import read_config
+    from ..audio import synth
+    from ..checkpoint import read_config
 
     waves, labels = synth.make_corpus(n_clips, seed=seed)
     # Cut to the encoder's width (T frames = 1 + samples // hop): one chunk per clip, no padding.
@@ -228,7 +227,7 @@ def parse_task_spec(tokens: Sequence[str]) -> tuple[str, dict]:
 
 
 def _model_rate(path: str) -> int:
-    from . import checkpoint as ckpt
+    from .. import checkpoint as ckpt
     try:
         return int(ckpt.read_config(path)["frontend"]["sample_rate"])
     except (ckpt.CheckpointError, KeyError):
@@ -237,7 +236,7 @@ def _model_rate(path: str) -> int:
 
 def run_evaluate_command(args: argparse.Namespace) -> None:
     """`specmae evaluate`: parse, run, write the report, print the table and where it went."""
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
 
     named = []
     for item in args.model:

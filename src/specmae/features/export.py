@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import CheckpointError, load_model
+from ..checkpoint import CheckpointError, load_model
 from .chunking import tokens_to_frames
-from .vit import Encoder
+from ..model.vit import Encoder
 
 FORMATS = ("exported", "torchscript", "onnx")
 META = "specmae.json"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .checkpoint import CheckpointError, save_checkpoint
+from .store import CheckpointError, save_checkpoint
 
 ENCODER_KEYS = ("cls_token", "patch_embed.", "blocks.", "norm.")
 FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
@@ -130,9 +130,9 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
     Input and patch size: `preset`, else the run-folder name inside `name`, else the encoder's
     positional table assuming 80 mel bins. Heads: the arguments, else ENCODER/DECODER_HEADS.
     """
-    from .audio import FrontendConfig
-    from .presets import DecoderConfig, EncoderConfig, ModelConfig, parse_preset
-    from .vit import sincos_2d
+    from ..audio import FrontendConfig
+    from ..model.presets import DecoderConfig, EncoderConfig, ModelConfig, parse_preset
+    from ..model.vit import sincos_2d
 
     def need(key: str) -> torch.Tensor:
         if key not in state:
@@ -201,8 +201,8 @@ def load_official(path: str | os.PathLike, *, preset: str | None = None, heads: 
     The config records where the weights came from under `imported`. Normalisation statistics:
     `norm_stats`, else the file's (M2D), else AudioSet's (-7.1, 4.2), as the official runtime.
     """
-    from .mae import MaskedAutoencoder
-    from .masking import MaskingConfig
+    from ..model.mae import MaskedAutoencoder
+    from ..masking import MaskingConfig
 
     path = Path(path)
     state, extras = read_foreign_weights(path)

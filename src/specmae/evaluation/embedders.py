@@ -22,8 +22,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .audio import AudioError, FrontendConfig, LogMelFrontend, load_audio, resample
-from .checkpoint import atomic_write_bytes
+from ..audio import AudioError, FrontendConfig, LogMelFrontend, load_audio, resample
+from ..files import atomic_write_bytes
 from .tasks import Task, problems_error
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,11 @@ def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence
                     ) -> list[ClipEmbedder]:
     """Embedders for each checkpoint, then the baselines built from the first one's config:
     'random' (same architecture, torch.manual_seed(seed) initialisation) and 'logmel'."""
-    from . import checkpoint as ckpt
-    from . import features, official
-    from .mae import MaskedAutoencoder
-    from .presets import ModelConfig
+    from .. import checkpoint as ckpt
+    from .. import features
+    from ..checkpoint import official
+    from ..model.mae import MaskedAutoencoder
+    from ..model.presets import ModelConfig
 
     options = dict(embed_options or {})
     if not models:

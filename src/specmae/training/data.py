@@ -26,23 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import AudioError, FrontendConfig, LogMelFrontend, load_audio
-from .checkpoint import atomic_write_text
+from ..audio import AUDIO_EXTENSIONS, AudioError, FrontendConfig, LogMelFrontend, find_audio_files, load_audio
+from ..files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 STATS_CROPS = 10_000
-
-
-def find_audio_files(root: str | os.PathLike) -> list[Path]:
-    """Every audio file under `root` (recursive), sorted so the order is reproducible."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
 @dataclass

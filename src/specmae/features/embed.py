@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .audio import AudioError, load_audio
-from .checkpoint import atomic_write_bytes, atomic_write_text
+from ..audio import AudioError, find_audio_files, load_audio
+from ..files import atomic_write_bytes, atomic_write_text
 from .chunking import resolve_layers
-from .features import Embedder
+from .embedder import Embedder
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"}
 META = "specmae-embed.json"
 
 
@@ -59,7 +58,7 @@ def find_audio(inputs: list[str | Path]) -> list[tuple[Path, str]]:
     found: dict[str, Path] = {}
     for root in map(Path, inputs):
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            files = find_audio_files(root)
             prefix = Path(root.resolve().name) if len(inputs) > 1 else Path()
             pairs = [(p, (prefix / p.relative_to(root)).as_posix()) for p in files]
         elif root.exists():

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .metrics import KINDS, score
-from .precision import native_bf16
+from ..precision import native_bf16
 
 log = logging.getLogger(__name__)
 

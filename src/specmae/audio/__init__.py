@@ -1,0 +1,12 @@
+"""Audio and front-ends: decoding, resampling, log-mel spectrograms, the built-in corpus.
+
+    decode.py    audio files -> mono float32 waveforms at the model rate; finding audio files
+    frontend.py  waveforms -> log-mel (F, T): the front-end configuration and its implementations
+    synth.py     the built-in labelled corpus generator
+"""
+
+from .decode import AUDIO_EXTENSIONS, AudioError, check_waveform, find_audio_files, load_audio, resample
+from .frontend import FrontendConfig, LogMelFrontend, mel_filterbank, reflect_indices
+
+__all__ = ["AUDIO_EXTENSIONS", "AudioError", "FrontendConfig", "LogMelFrontend", "check_waveform",
+           "find_audio_files", "load_audio", "mel_filterbank", "reflect_indices", "resample"]

@@ -1,0 +1,11 @@
+"""Features for downstream use: frozen-encoder embeddings of audio of any length, and their jobs.
+
+    embedder.py  Embedder (audio -> frame and clip features) and `load`
+    chunking.py  long log-mels into encoder-width chunks and back into frames, timestamps
+    embed.py     the `specmae embed` batch job
+    export.py    torch.export / TorchScript / ONNX export of the encoder
+"""
+
+from .embedder import EMBED_OPTIONS, Embedder, Embeddings, load
+
+__all__ = ["EMBED_OPTIONS", "Embedder", "Embeddings", "load"]
