@@ -6,7 +6,7 @@
 """
 
 from .decode import AUDIO_EXTENSIONS, AudioError, check_waveform, find_audio_files, load_audio, resample
-from .frontend import FrontendConfig, LogMelFrontend, mel_filterbank, reflect_indices
+from .frontend import FRONTENDS, FrontendConfig, LogMelFrontend, build_frontend, mel_filterbank, reflect_indices
 
-__all__ = ["AUDIO_EXTENSIONS", "AudioError", "FrontendConfig", "LogMelFrontend", "check_waveform",
+__all__ = ["AUDIO_EXTENSIONS", "FRONTENDS", "AudioError", "FrontendConfig", "build_frontend", "LogMelFrontend", "check_waveform",
            "find_audio_files", "load_audio", "mel_filterbank", "reflect_indices", "resample"]

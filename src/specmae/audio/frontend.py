@@ -1,31 +1,39 @@
-"""Audio front-end: decode, mono, resample, and the MSM-MAE log-mel spectrogram.
+"""Log-mel front-ends: waveform (S,) or (B, S) -> log-mel (F, T) or (B, F, T), F mel bins, T frames.
 
-    audio file --load_audio--> waveform (S,) float32 at the model rate
-               --LogMelFrontend--> log-mel (F, T) float32, F mel bins (frequency), T frames (time)
+Two front-ends, chosen by `FrontendConfig.kind` and built by `build_frontend`:
 
-The log-mel matches the official MSM-MAE front-end (nnAudio's MelSpectrogram, whose
-filters equal librosa's): centred STFT with reflect padding, periodic Hann window,
-power spectrum, Slaney mel filters with Slaney area normalisation, log(mel + eps).
-Frame k is centred on sample k * hop, so a clip of S samples gives T = 1 + S // hop.
+- 'msm-mae' (`LogMelFrontend`, below): matches the official MSM-MAE front-end (nnAudio's
+  MelSpectrogram, whose filters equal librosa's): centred STFT with reflect padding, periodic
+  Hann window, power spectrum, Slaney mel filters with Slaney area normalisation, log(mel + eps).
+  Frame k is centred on sample k * hop, so a clip of S samples gives T = 1 + S // hop.
+- 'maskspec' (`MaskSpecFrontend`, maskspec.py): PaSST's front-end as MaskSpec uses it:
+  pre-emphasis, symmetric Hann window shorter than the FFT, Kaldi triangular mel banks,
+  log(mel + 1e-5), then (x + 4.5) / 5.
+
+Normalisation by corpus statistics ('global': one mean and std; 'per-bin': one per mel bin) is
+not part of the front-end: see normalize.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
+from ..schema import ConfigError, from_dict, one_of, positive, to_dict
 from .decode import AudioError
+
+FRONTENDS = ("msm-mae", "maskspec")
+STATS_MODES = ("global", "per-bin")
 
 
 @dataclass
 class FrontendConfig:
     """Log-mel front-end parameters. The defaults are MSM-MAE's 16 kHz front-end."""
 
+    kind: str = "msm-mae"       # one of FRONTENDS
     sample_rate: int = 16000
     n_fft: int = 400
     win_length: int = 400
@@ -33,34 +41,63 @@ class FrontendConfig:
     n_mels: int = 80
     f_min: float = 50.0
     f_max: float = 8000.0
-    eps: float = 1.1920929e-07  # float32 machine epsilon: log(mel + eps)
+    eps: float = 1.1920929e-07  # log(mel + eps); float32 machine epsilon for MSM-MAE, 1e-5 for MaskSpec
+    stats: str = "global"       # normalisation statistics: one mean/std ('global') or one per mel bin
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "FrontendConfig":
+        one_of("frontend.kind", self.kind, FRONTENDS)
+        one_of("frontend.stats", self.stats, STATS_MODES)
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "eps"):
+            positive(f"frontend.{name}", getattr(self, name))
         if not 0 < self.win_length <= self.n_fft:
-            raise ValueError(f"win_length={self.win_length}: expected 0 < win_length <= n_fft={self.n_fft}")
-        if self.hop_length <= 0 or self.n_mels <= 0 or self.sample_rate <= 0:
-            raise ValueError(f"hop_length, n_mels and sample_rate must be positive, got {self}")
+            raise ConfigError(f"frontend.win_length: {self.win_length}, expected 0 < win_length <= "
+                              f"n_fft = {self.n_fft}")
         if not 0.0 <= self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(
-                f"f_min={self.f_min}, f_max={self.f_max}: expected 0 <= f_min < f_max <= "
-                f"sample_rate/2 = {self.sample_rate / 2}"
-            )
+            raise ConfigError(f"frontend.f_min, f_max: {self.f_min}, {self.f_max}; expected 0 <= f_min < f_max "
+                              f"<= sample_rate / 2 = {self.sample_rate / 2}")
+        return self
 
     @classmethod
     def msm_mae_32k(cls) -> "FrontendConfig":
         """The 32 kHz MSM-MAE variant: 50 ms window, 10 ms hop, 80 bins from 50 Hz to 16 kHz."""
         return cls(sample_rate=32000, n_fft=800, win_length=800, hop_length=320, f_max=16000.0)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @classmethod
+    def maskspec(cls) -> "FrontendConfig":
+        """MaskSpec's (PaSST's) front-end: 32 kHz, 128 Kaldi mel bins 0-15,000 Hz, per-bin statistics."""
+        return cls(kind="maskspec", sample_rate=32000, n_fft=1024, win_length=800, hop_length=320,
+                   n_mels=128, f_min=0.0, f_max=15000.0, eps=1e-5, stats="per-bin")
+
+    @property
+    def silence(self) -> float:
+        """The front-end's value for digital silence (mel power 0): padding for short crops."""
+        value = math.log(self.eps)
+        return (value + 4.5) / 5 if self.kind == "maskspec" else value
+
+    def num_frames(self, n_samples: int) -> int:
+        """Frames of a clip of n_samples (centred frames, one per hop)."""
+        if self.kind == "maskspec":  # pre-emphasis shortens the signal by one sample
+            return 1 + max(n_samples - 1, 0) // self.hop_length
+        return 1 + n_samples // self.hop_length
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FrontendConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown FrontendConfig keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+    def from_dict(cls, d: dict) -> "FrontendConfig":
+        """Also reads configs written before `kind` and `stats` existed (MSM-MAE front-end, global stats)."""
+        return from_dict(cls, d, "frontend")
+
+
+def build_frontend(cfg: FrontendConfig) -> torch.nn.Module:
+    """The front-end module of `cfg.kind`: waveform (B, S) or (S,) -> log-mel (B, F, T) or (F, T)."""
+    if cfg.kind == "maskspec":
+        from .maskspec import MaskSpecFrontend
+        return MaskSpecFrontend(cfg)
+    return LogMelFrontend(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,6 +179,8 @@ class LogMelFrontend(torch.nn.Module):
     def __init__(self, cfg: FrontendConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg if cfg is not None else FrontendConfig()
+        if cfg.kind != "msm-mae":
+            raise ConfigError(f"LogMelFrontend is the 'msm-mae' front-end, not {cfg.kind!r}: use build_frontend")
         bank = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.f_min, cfg.f_max)
         self.register_buffer(
             "window", torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64), persistent=False
@@ -155,7 +194,7 @@ class LogMelFrontend(torch.nn.Module):
 
     def num_frames(self, n_samples: int) -> int:
         """Frames of a clip of n_samples: frame k is centred on sample k * hop."""
-        return 1 + n_samples // self.cfg.hop_length
+        return self.cfg.num_frames(n_samples)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         """wave (B, S) or (S,) -> log-mel (B, F, T) or (F, T) float32, with T = 1 + S // hop.
