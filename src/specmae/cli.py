@@ -7,83 +7,47 @@ import json
 import logging
 import os
 import sys
-from importlib import resources
 from pathlib import Path
-
-import yaml
 
 from .allocator import retain_freed_memory
 
 log = logging.getLogger("specmae")
 
 
-def builtin_configs() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("specmae").joinpath("configs").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def read_config_file(name_or_path: str) -> dict:
-    """A built-in config name (see `builtin_configs()`) or a YAML/JSON file -> dict."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        builtin = resources.files("specmae").joinpath("configs", f"{name_or_path}.yaml")
-        if not builtin.is_file():
-            raise SystemExit(f"--config {name_or_path}: no such file, and not a built-in config "
-                             f"({', '.join(builtin_configs())})")
-        return yaml.safe_load(builtin.read_text()) or {}
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def set_path(d: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        d = d.setdefault(key, {})
-    d[leaf] = value
-
-
 def pretrain_config(args: argparse.Namespace):
-    """Defaults <- --config file <- named flags <- --set key=value."""
-    try:
-        return _pretrain_config(args)
-    except (TypeError, ValueError) as e:
-        raise SystemExit(f"invalid configuration: {e}") from e
+    """Defaults <- --config file <- named flags <- --set key=value, validated as a whole."""
+    from .config import compose, parse_set, read_config_file, set_path
+    from .model.presets import DECODER_SIZES, ENCODER_SIZES, parse_preset
+    from .schema import ConfigError
 
-
-def _pretrain_config(args: argparse.Namespace):
-    from .model.presets import model_config
-    from .training.pretrain import RunConfig
-
-    d = RunConfig().to_dict()
-    if args.config:
-        d = merge(d, read_config_file(args.config))
-    if args.preset or args.size or args.decoder:
-        enc = d["model"]["encoder"]
-        preset = args.preset or f"{enc['n_mels']}x{enc['n_frames']}p{enc['patch_f']}x{enc['patch_t']}"
-        d["model"] = model_config(preset, args.size or "base", args.decoder or "msm-mae").to_dict()
-    flags = {"train.data": args.data, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-             "train.micro_batch": args.micro_batch, "train.blr": args.blr, "train.seed": args.seed,
-             "train.warmup_epochs": args.warmup_epochs, "train.workers": args.workers,
-             "train.checkpoint_every": args.checkpoint_every, "masking.strategy": args.masking,
-             "masking.ratio": args.mask_ratio, "masking.hint_ratio": args.hint_ratio}
+    layers = [read_config_file(args.config)] if args.config else []
+    # --preset, --size and --decoder set only the fields they name, over the config file's.
+    flags: dict = {}
+    if args.preset:
+        n_mels, n_frames, patch_f, patch_t = parse_preset(args.preset)
+        flags.update({"model.encoder.n_mels": n_mels, "model.encoder.n_frames": n_frames,
+                      "model.encoder.patch_f": patch_f, "model.encoder.patch_t": patch_t})
+    for flag, sizes, section in (("size", ENCODER_SIZES, "encoder"), ("decoder", DECODER_SIZES, "decoder")):
+        name = getattr(args, flag)
+        if name is not None:
+            if name not in sizes:
+                raise ConfigError(f"--{flag} {name}: allowed {', '.join(sizes)}")
+            for key, value in zip(("dim", "depth", "heads"), sizes[name]):
+                flags[f"model.{section}.{key}"] = value
+    flags.update({"train.data": args.data, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
+                  "train.micro_batch": args.micro_batch, "train.blr": args.blr, "train.seed": args.seed,
+                  "train.warmup_epochs": args.warmup_epochs, "train.workers": args.workers,
+                  "train.checkpoint_every": args.checkpoint_every, "masking.strategy": args.masking,
+                  "masking.ratio": args.mask_ratio, "masking.hint_ratio": args.hint_ratio,
+                  "train.bf16": True if args.bf16 else None, "train.compile": True if args.compile else None})
+    named: dict = {}
     for key, value in flags.items():
         if value is not None:
-            set_path(d, key, value)
-    for flag in ("bf16", "compile"):
-        if getattr(args, flag):
-            set_path(d, f"train.{flag}", True)
+            set_path(named, key, value)
+    overrides: dict = {}
     for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected key=value, e.g. model.encoder.depth=6")
-        set_path(d, key, yaml.safe_load(value))
-    return RunConfig.from_dict(d)
+        set_path(overrides, *parse_set(item))
+    return compose(layers + [named, overrides]).validate()
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -194,6 +158,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specmae", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pre-train a masked autoencoder (under torchrun for many processes)")
@@ -283,7 +248,35 @@ def main(argv: list[str] | None = None) -> None:
     if rank != "0" and not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
     retain_freed_memory()
-    args.func(args)
+    try:
+        args.func(args)
+    except EXPECTED_ERRORS as e:
+        if args.debug:
+            raise
+        message = f"specmae {args.command}: {' '.join(str(e).split()) or type(e).__name__}"
+        print(message, file=sys.stderr)
+        raise UserError(message) from e
+
+
+class UserError(SystemExit):
+    """A user's mistake, reported as one line (exit status 2); `--debug` shows the traceback instead."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from .audio import AudioError
+    from .checkpoint import CheckpointError
+    from .schema import ConfigError
+    return (ConfigError, AudioError, CheckpointError, ValueError, OSError)
+
+
+EXPECTED_ERRORS = _expected_errors()
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ x.device, or None for torch's default one): the same seed gives the same masks.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .schema import from_dict, to_dict
 
 PATTERNS = ("time-alternating", "frequency-alternating", "chessboard")
 HINTED = ("dwm", "inverse-block", "sgim")  # strategies that take the hint exchange
@@ -288,14 +290,11 @@ class MaskingConfig:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "MaskingConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown masking fields {sorted(set(d) - known)}; allowed {sorted(known)}")
-        return cls(**d)
+        return from_dict(cls, d, "masking")
 
 
 def hint_ratio(cfg: MaskingConfig, epoch: int, total_epochs: int) -> float:

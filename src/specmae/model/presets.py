@@ -8,7 +8,9 @@ after that the numbers live in the config, and checkpoints store the config.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+
+from ..schema import from_dict, to_dict
 
 # Presets of the MSM-MAE paper (design.md section 3). Other names of the same form also
 # parse, provided the patch divides the input.
@@ -126,20 +128,11 @@ class ModelConfig:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        return cls(encoder=_from_dict(EncoderConfig, d.get("encoder", {})),
-                   decoder=_from_dict(DecoderConfig, d.get("decoder", {}))).validate()
-
-
-def _from_dict(klass, d: dict):
-    known = {f.name for f in fields(klass)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"unknown {klass.__name__} fields {sorted(unknown)}; allowed {sorted(known)}")
-    return klass(**d)
+        return from_dict(cls, d, "model")
 
 
 def model_config(preset: str = "80x208p16x16", size: str = "base", decoder: str = "msm-mae",
@@ -164,5 +157,4 @@ def model_config(preset: str = "80x208p16x16", size: str = "base", decoder: str 
             dec[key[len("decoder_"):]] = value
         else:
             enc[key] = value
-    return ModelConfig(encoder=_from_dict(EncoderConfig, enc),
-                       decoder=_from_dict(DecoderConfig, dec)).validate()
+    return ModelConfig.from_dict(dict(encoder=enc, decoder=dec))

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,60 +26,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..audio import synth
 from ..allocator import retain_freed_memory
-from ..audio import FrontendConfig
 from ..files import atomic_write_text
 from ..checkpoint import commit_latest, load_checkpoint, load_train_state, resolve, save_checkpoint
 from .data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
 from ..model.mae import MaskedAutoencoder
-from ..masking import HINTED, Masker, MaskingConfig, hint_ratio
+from ..config import RunConfig
+from ..masking import HINTED, Masker, hint_ratio
 from ..precision import cpu_bf16_speedup, native_bf16
-from ..model.presets import ModelConfig, _from_dict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    data: str | None = None         # audio folder or prepared corpus; None = built-in corpus
-    builtin_clips: int = 2000       # size of the built-in corpus when `data` is None
-    epochs: int = 100
-    warmup_epochs: float = 10
-    batch_size: int = 512           # global batch per optimizer step
-    micro_batch: int | None = None  # per process per forward; default batch_size / world
-    blr: float = 3e-4               # lr = blr * batch_size / 256
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    clip_grad: float | None = None
-    bf16: bool = False
-    compile: bool = False
-    seed: int = 0
-    workers: int = 2                # data-loading processes per rank
-    checkpoint_every: int = 500     # optimizer steps
-    keep_checkpoints: int = 2
-    log_every: int = 10
-
-
-@dataclass
-class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    frontend: FrontendConfig = field(default_factory=FrontendConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def to_dict(self) -> dict:
-        return dict(model=self.model.to_dict(), frontend=self.frontend.to_dict(),
-                    masking=self.masking.to_dict(), train=asdict(self.train))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        train = dict(d.get("train", {}))
-        if "betas" in train:
-            train["betas"] = tuple(train["betas"])
-        return cls(model=ModelConfig.from_dict(d.get("model", {})),
-                   frontend=FrontendConfig.from_dict(d.get("frontend", {})),
-                   masking=MaskingConfig.from_dict(d.get("masking", {})),
-                   train=_from_dict(TrainConfig, train))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -1,0 +1,179 @@
+"""The run configuration: front-end, model, masking and training, checked together.
+
+    RunConfig
+      frontend  FrontendConfig   (audio/frontend.py)  what the audio becomes
+      model     ModelConfig      (model/presets.py)   encoder + decoder
+      masking   MaskingConfig    (masking.py)         which patches are hidden
+      train     TrainConfig      (here)               optimisation, schedule, data, checkpoints
+
+A run config comes from, in order: the defaults, a YAML file or built-in config (`--config`),
+the named CLI flags, then `--set section.field=value`; each layer overrides fields of the one
+before (`compose`). The whole typed config is written into the run folder and into every
+checkpoint and read back with `RunConfig.from_dict`. `validate()` checks the parts against each
+other at start-up, before anything is written, so that a mismatch is one clear message instead
+of a failure inside the first training step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .audio.frontend import FrontendConfig
+from .masking import MaskingConfig
+from .model.presets import ModelConfig
+from .schema import ConfigError, from_dict, non_negative, positive, to_dict
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of a training run (pre-training or fine-tuning)."""
+    data: str | None = None         # audio folder or prepared corpus; None = built-in corpus
+    builtin_clips: int = 2000       # size of the built-in corpus when `data` is None
+    epochs: int = 100
+    warmup_epochs: float = 10
+    batch_size: int = 512           # global batch per optimizer step
+    micro_batch: int | None = None  # per process per forward; default batch_size / world
+    blr: float = 3e-4               # lr = blr * batch_size / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = None
+    bf16: bool = False
+    compile: bool = False
+    seed: int = 0
+    workers: int = 2                # data-loading processes per rank
+    checkpoint_every: int = 500     # optimizer steps
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def validate(self) -> "TrainConfig":
+        for name in ("epochs", "batch_size", "blr", "checkpoint_every", "keep_checkpoints", "log_every",
+                     "builtin_clips"):
+            positive(f"train.{name}", getattr(self, name))
+        positive("train.micro_batch", self.micro_batch, allow_none=True)
+        positive("train.clip_grad", self.clip_grad, allow_none=True)
+        for name in ("warmup_epochs", "min_lr", "weight_decay", "workers", "seed"):
+            non_negative(f"train.{name}", getattr(self, name))
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"train.warmup_epochs: {self.warmup_epochs} is more than train.epochs = {self.epochs}")
+        if self.min_lr > self.blr * self.batch_size / 256:
+            raise ConfigError(f"train.min_lr: {self.min_lr} is above the peak lr blr * batch_size / 256 = "
+                              f"{self.blr * self.batch_size / 256:g}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas: {list(self.betas)}, expected two numbers in [0, 1)")
+        if self.micro_batch is not None and self.batch_size % self.micro_batch:
+            raise ConfigError(f"train.micro_batch: {self.micro_batch} does not divide train.batch_size = "
+                              f"{self.batch_size}")
+        return self
+
+
+@dataclass
+class RunConfig:
+    """A pre-training run: what every checkpoint of it stores under model/frontend/masking/train."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "RunConfig":
+        """Check the parts against each other; raise ConfigError naming the fields."""
+        self.model.validate()
+        check_frontend_fits(self.frontend, self.model)
+        self.masking.validate(self.model.encoder.grid)
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return from_dict(cls, d)
+
+
+def check_frontend_fits(frontend: FrontendConfig, model: ModelConfig) -> None:
+    """The front-end's mel bins are the encoder's input height."""
+    if frontend.n_mels != model.encoder.n_mels:
+        raise ConfigError(f"frontend.n_mels = {frontend.n_mels} but model.encoder.n_mels = "
+                          f"{model.encoder.n_mels}: the encoder's input height is the number of mel bins; "
+                          "set both to the same value")
+
+
+# ------------------------------------------------------------------------------------------
+# Composing a config from files and command-line overrides
+# ------------------------------------------------------------------------------------------
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("specmae").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def read_config_file(name_or_path: str) -> dict:
+    """A built-in config name (see `builtin_configs()`) or a YAML/JSON file -> dict."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        raise ConfigError(f"--config {name_or_path}: is a folder, expected a YAML file or a built-in config "
+                          f"({', '.join(builtin_configs())})")
+    if path.is_file():
+        text, label = path.read_text(), str(path)
+    else:
+        builtin = resources.files("specmae").joinpath("configs", f"{name_or_path}.yaml")
+        if not builtin.is_file():
+            raise ConfigError(f"--config {name_or_path}: no such file, and not a built-in config "
+                              f"({', '.join(builtin_configs())})")
+        text, label = builtin.read_text(), f"built-in config {name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{label}: not valid YAML ({' '.join(str(e).split())})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping of sections (model, frontend, ...), got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, update: dict) -> dict:
+    """`update` laid over `base`, section by section (nested mappings merge, other values replace)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def set_path(d: dict, dotted: str, value: Any) -> None:
+    """d['a']['b'] = value for dotted = 'a.b'."""
+    *parents, leaf = dotted.split(".")
+    if not leaf or not all(parents):
+        raise ConfigError(f"--set {dotted}=...: expected section.field, e.g. model.encoder.depth=6")
+    for key in parents:
+        nxt = d.setdefault(key, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {key} is a value, not a section")
+        d = nxt
+    d[leaf] = value
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """'model.encoder.depth=6' -> ('model.encoder.depth', 6); the value is read as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.encoder.depth=6")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from e
+
+
+def compose(layers: list[dict], klass=RunConfig):
+    """Defaults <- each layer in turn -> a validated `klass` (RunConfig by default)."""
+    d = klass().to_dict()
+    for layer in layers:
+        d = merge(d, layer)
+    return klass.from_dict(d)
