@@ -214,7 +214,7 @@ def test_exported_encoder_matches_the_library(tmp_path, fmt):
     lms = torch.randn(3, 80, 208) * 4 - 7
     torch.testing.assert_close(module(lms), embedder.embed_lms(lms).frames, atol=1e-5, rtol=1e-5)
     assert meta["norm_stats"] == [-7.0, 4.0] and meta["model"]["encoder"]["n_frames"] == 208
-    reference = ChunkEncoder(embedder.encoder, -7.0, 4.0)(lms[:1])
+    reference = ChunkEncoder(embedder.encoder, (-7.0, 4.0))(lms[:1])
     torch.testing.assert_close(module(lms[:1]), reference, atol=1e-6, rtol=0)  # any batch size
 
 

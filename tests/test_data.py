@@ -51,7 +51,8 @@ def test_prepare_folder_skips_bad_files_and_reuses_cache(tmp_path, caplog):
     sf.write(src / "nan.wav", np.full(400, np.nan, np.float32), 16000, subtype="FLOAT")
     with caplog.at_level(logging.WARNING):
         out = prepare_corpus(src, tmp_path / "corpus", FrontendConfig(), 96)
-    corpus, (mean, std) = load_corpus(out)
+    corpus, stats = load_corpus(out)
+    (mean,), (std,) = stats.mean, stats.std
     index = json.loads((out / "index.json").read_text())
     assert len(corpus) == 7 and corpus.frames.dtype == np.float16
     assert sorted(e["path"].rsplit("/", 1)[1] for e in index["errors"]) == ["empty.wav", "nan.wav", "text.ogg"]
@@ -80,3 +81,15 @@ def test_find_audio_files_is_recursive_and_sorted(tmp_path):
         (tmp_path / name).write_bytes(b"")
     found = [p.relative_to(tmp_path).as_posix() for p in find_audio_files(tmp_path)]
     assert found == ["a.mp3", "b/x.WAV", "c/d/e.flac"]
+
+
+def test_per_bin_statistics_have_one_pair_per_mel_bin():
+    waves, _ = synth.make_corpus(40, seed=3)
+    glob = corpus_from_waves(waves, FrontendConfig())
+    per_bin = corpus_from_waves(waves, FrontendConfig(stats="per-bin"))
+    g, p = glob.stats(208, n_crops=200), per_bin.stats(208, n_crops=200)
+    assert not g.per_bin and p.per_bin and len(p.mean) == 80
+    # The bins' means average to the global mean (every bin has the same number of values).
+    assert np.mean(p.mean) == pytest.approx(g.mean[0], rel=1e-9)
+    # Low bins hold the tones' energy, the top bins near 8 kHz far less.
+    assert p.mean[5] > p.mean[-1]

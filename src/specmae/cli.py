@@ -69,22 +69,21 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
     """Loss curve, reconstructions and, on the labelled built-in corpus, the probe comparison."""
     import torch
 
-    from .audio import synth
-    from .audio import FrontendConfig, LogMelFrontend
-    from .checkpoint import load_model
+    from .audio import build_frontend, synth
+    from .checkpoint import load
     from .evaluation.evaluate import builtin_comparison
     from .visualize import plot_loss_curve, plot_reconstruction
 
     print(f"loss curve: {plot_loss_curve(run_dir / 'log.jsonl', run_dir / 'loss.png')}")
-    model, config = load_model(ckpt)
-    mean, std = config["norm_stats"]
+    ck = load(ckpt)
+    model, frontend = ck.model, ck.config.frontend
     width = model.cfg.encoder.n_frames
-    waves, labels = synth.make_corpus(4, seed=20_000)
+    waves, labels = synth.make_corpus(4, seed=20_000, sample_rate=frontend.sample_rate)
     with torch.no_grad():
-        lms = LogMelFrontend(FrontendConfig.from_dict(config["frontend"]))(torch.from_numpy(waves))
-    x = ((lms[..., :width] - mean) / std)[:, None]
+        lms = build_frontend(frontend)(torch.from_numpy(waves))
+    x = ck.norm_stats.apply(lms[..., :width])[:, None]
     titles = [synth.CLASSES[i] for i in labels]
-    ratio = config["masking"]["ratio"]
+    ratio = ck.config.masking.ratio
     path = plot_reconstruction(model, x, run_dir / "reconstruction.png", ratio,
                                generator=torch.Generator().manual_seed(0), titles=titles)
     print(f"reconstruction: {path}")
@@ -99,14 +98,17 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from .audio import FrontendConfig
+    from .config import compose, parse_set, read_config_file, set_path
     from .training.data import prepare_corpus
 
-    try:
-        out = prepare_corpus(args.source, args.out, FrontendConfig(), args.frames, workers=args.workers)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"specmae prepare: {e}") from e
-    print(f"prepared corpus: {out}")
+    overrides: dict = {}
+    for item in args.set or []:
+        set_path(overrides, *parse_set(item))
+    cfg = compose(([read_config_file(args.config)] if args.config else []) + [overrides]).validate()
+    frames = args.frames or cfg.model.encoder.n_frames
+    out = prepare_corpus(args.source, args.out, cfg.frontend, frames, workers=args.workers)
+    print(f"prepared corpus: {out} ({cfg.frontend.kind} front-end, {cfg.frontend.sample_rate} Hz, "
+          f"{cfg.frontend.n_mels} mel bins)")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -190,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="decode an audio folder into a log-mel corpus for pre-training")
     p.add_argument("source")
     p.add_argument("--out", required=True)
-    p.add_argument("--frames", type=int, default=208, help="crop width used for the normalisation statistics")
+    p.add_argument("--config", help="the run's YAML file or built-in config (demo, msm-mae, maskspec, ...): "
+                                    "its front-end and crop width are used")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. frontend.n_mels=64")
+    p.add_argument("--frames", type=int, help="crop width for the normalisation statistics (default: the config's)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.set_defaults(func=cmd_prepare)
 

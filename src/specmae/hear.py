@@ -23,68 +23,88 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .audio import FrontendConfig
-from .features import Embedder, load
+from .audio.normalize import NormStats
+from .features import EMBED_OPTIONS, Embedder, load
+from .model.mae import build_mae
+from .model.presets import model_config
 
 log = logging.getLogger(__name__)
 
 TIMESTAMP_MODES = ("centre", "official")
-EMBEDDER_OPTIONS = ("layers", "layer_mode", "normalization", "precision", "chunks_per_call")
 
 
-class HearModel(Embedder):
-    """An Embedder with the attributes the HEAR API asks for."""
+class HearModel(nn.Module):
+    """An Embedder with the attributes the HEAR API asks for; it wraps the Embedder, so every
+    Embedder option (layers, precision, compile, ...) behaves here as in `specmae.load`."""
 
-    timestamp_mode = "centre"
+    def __init__(self, embedder: Embedder, timestamp_mode: str = "centre"):
+        super().__init__()
+        if timestamp_mode not in TIMESTAMP_MODES:
+            raise ValueError(f"timestamps {timestamp_mode!r}: allowed {TIMESTAMP_MODES}")
+        self.embedder = embedder
+        self.timestamp_mode = timestamp_mode
+        self.eval()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.embedder.sample_rate
 
     @property
     def scene_embedding_size(self) -> int:
-        return self.embedding_size
+        return self.embedder.embedding_size
 
     @property
     def timestamp_embedding_size(self) -> int:
-        return self.embedding_size
+        return self.embedder.embedding_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedder.device
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.embedder.encoder
+
+    @property
+    def frontend(self) -> nn.Module:
+        return self.embedder.frontend
+
+    def embed(self, audio, sample_rate: int, **options):
+        return self.embedder.embed(audio, sample_rate, **options)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.embedder(audio)
 
 
 def load_model(model_file_path: str = "", **options) -> HearModel:
     """A specmae checkpoint or run folder, or an official MSM-MAE/M2D .pth (converted in memory).
 
-    options: layers, layer_mode, normalization, precision, chunks_per_call (see Embedder);
-    timestamps 'centre' | 'official'; device; for .pth files the import options (preset, heads,
-    decoder_heads, norm_stats). An empty path builds an untrained model from `preset` (default
-    80x208p16x16), `size` (default base) and `seed` (default 0): only for testing the plumbing.
+    options: the Embedder's (layers, layer_mode, normalization, precision, chunks_per_call,
+    compile); timestamps 'centre' | 'official'; device; for .pth files the import options
+    (preset, heads, decoder_heads, norm_stats). An empty path builds an untrained model from
+    `preset` (default 80x208p16x16), `size` (default base) and `seed` (default 0): only for
+    testing the plumbing.
     """
     timestamps = options.pop("timestamps", "centre")
     device = options.pop("device", "cpu")
     if timestamps not in TIMESTAMP_MODES:
         raise ValueError(f"timestamps {timestamps!r}: allowed {TIMESTAMP_MODES}")
     if str(model_file_path) == "":
-        base = _untrained(options.pop("preset", "80x208p16x16"), options.pop("size", "base"),
-                          options.pop("seed", 0), {k: options.pop(k) for k in EMBEDDER_OPTIONS if k in options})
+        preset, size, seed = options.pop("preset", "80x208p16x16"), options.pop("size", "base"), options.pop("seed", 0)
+        embed_options = {k: options.pop(k) for k in EMBED_OPTIONS if k in options}
         if options:
             raise TypeError(f"unknown options {sorted(options)} for an untrained model")
+        log.warning("specmae.hear.load_model(''): untrained %s %s model, for testing only", size, preset)
+        encoder = build_mae(model_config(preset, size), seed).encoder
+        embedder = Embedder(encoder, FrontendConfig(), NormStats((-7.1,), (4.2,)), **embed_options)
     else:
         if not Path(model_file_path).exists():
             raise FileNotFoundError(f"{model_file_path}: no such checkpoint")
-        base = load(model_file_path, device, **options)
-    model = HearModel(base.encoder, base.frontend.cfg, base.norm_stats, layers=base.layers,
-                      layer_mode=base.layer_mode, normalization=base.normalization, precision=base.precision,
-                      chunks_per_call=base.chunks_per_call, config=base.config).to(device)
-    model.timestamp_mode = timestamps
-    return model
-
-
-def _untrained(preset: str, size: str, seed: int, embed_options: dict) -> Embedder:
-    from .model.mae import MaskedAutoencoder
-    from .model.presets import model_config
-
-    log.warning("specmae.hear.load_model(''): untrained %s %s model, for testing only", size, preset)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MaskedAutoencoder(model_config(preset, size))
-    return Embedder(model.encoder, FrontendConfig(), (-7.1, 4.2), **embed_options)
+        embedder = load(model_file_path, device, **options)
+    return HearModel(embedder, timestamps).to(device)
 
 
 def _check(audio: Tensor, model: HearModel) -> Tensor:

@@ -107,20 +107,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state, config
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """-> (MaskedAutoencoder in eval mode on `device`, config dict) from a checkpoint or run folder."""
-    from ..model.mae import MaskedAutoencoder
-    from ..model.presets import ModelConfig
-
-    state, config = load_checkpoint(path, map_location=device)
-    try:
-        model = MaskedAutoencoder(ModelConfig.from_dict(config["model"]))
-        model.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{resolve(path)}: weights do not match the stored config ({e})") from e
-    return model.to(device).eval(), config
-
-
 def load_train_state(path: str | os.PathLike) -> dict:
     path = resolve(path) / TRAIN_STATE
     if not path.is_file():

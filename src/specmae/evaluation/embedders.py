@@ -22,7 +22,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..audio import AudioError, FrontendConfig, LogMelFrontend, load_audio, resample
+from ..audio import AudioError, FrontendConfig, build_frontend, load_audio, resample
 from ..files import atomic_write_bytes
 from .tasks import Task, problems_error
 
@@ -101,7 +101,7 @@ def logmel_stats_embedder(frontend: FrontendConfig, device: str | torch.device =
                           name: str = BASELINES["logmel"]) -> ClipEmbedder:
     """Hand-crafted baseline: per-mel-bin mean and std (over time) of the un-normalised log-mel,
     (2F,) = 160-d for 80 bins."""
-    fe = LogMelFrontend(frontend).to(device)
+    fe = build_frontend(frontend).to(device)
 
     @torch.no_grad()
     def embed(waves: list[np.ndarray]) -> np.ndarray:
@@ -122,8 +122,7 @@ def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence
     from .. import checkpoint as ckpt
     from .. import features
     from ..checkpoint import official
-    from ..model.mae import MaskedAutoencoder
-    from ..model.presets import ModelConfig
+    from ..model.mae import build_mae
 
     options = dict(embed_options or {})
     if not models:
@@ -142,18 +141,16 @@ def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence
                         "config_sha256": hashlib.sha256((where / ckpt.CONFIG).read_bytes()).hexdigest(),
                         "weights": _file_identity(where / ckpt.WEIGHTS)}
         out.append(_encoder_embedder(name, emb, {"kind": "checkpoint", **identity, "options": options}))
-        first = first or emb.config
+        first = first or emb.checkpoint
     if "random" in baselines:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            encoder = MaskedAutoencoder(ModelConfig.from_dict(first["model"])).encoder
-        emb = features.Embedder(encoder.to(device), FrontendConfig.from_dict(first["frontend"]), first["norm_stats"],
+        encoder = build_mae(first.config.model, seed).encoder
+        emb = features.Embedder(encoder.to(device), first.config.frontend, first.norm_stats,
                                 **{k: v for k, v in options.items() if k in features.EMBED_OPTIONS})
         out.append(_encoder_embedder(BASELINES["random"], emb, {
-            "kind": "random-init", "seed": seed, "model": first["model"], "frontend": first["frontend"],
-            "norm_stats": list(first["norm_stats"]), "options": options}))
+            "kind": "random-init", "seed": seed, "model": first.config.model.to_dict(),
+            "frontend": first.config.frontend.to_dict(), "norm_stats": first.norm_stats.to_json(), "options": options}))
     if "logmel" in baselines:
-        out.append(logmel_stats_embedder(FrontendConfig.from_dict(first["frontend"]), device))
+        out.append(logmel_stats_embedder(first.config.frontend, device))
     return out
 
 

@@ -168,16 +168,16 @@ def builtin_comparison(checkpoint: str | os.PathLike, n_clips: int = 1000, seed:
     also writes the full report there. Returns {model name: test accuracy, 'chance': ...}.
     """
     from ..audio import synth
-    from ..checkpoint import read_config
+    from ..checkpoint import read
 
-    waves, labels = synth.make_corpus(n_clips, seed=seed)
+    config = read(checkpoint).config
+    waves, labels = synth.make_corpus(n_clips, seed=seed, sample_rate=config.frontend.sample_rate)
     # Cut to the encoder's width (T frames = 1 + samples // hop): one chunk per clip, no padding.
-    config = read_config(checkpoint)
-    waves = waves[:, :(config["model"]["encoder"]["n_frames"] - 1) * config["frontend"]["hop_length"]]
+    waves = waves[:, :(config.model.encoder.n_frames - 1) * config.frontend.hop_length]
     split = int(0.7 * n_clips)
     task = Task.from_arrays("builtin", list(waves), [synth.CLASSES[i] for i in labels],
                                      ["train" if i < split else "test" for i in range(n_clips)],
-                                     sample_rate=synth.SAMPLE_RATE, classes=synth.CLASSES)
+                                     sample_rate=config.frontend.sample_rate, classes=synth.CLASSES)
     report = evaluate([task], [checkpoint], grid=grid, seed=seed, out=out, cache=None)
     results = {name: r["mean"] for name, r in report["tasks"]["builtin"]["results"].items()}
     results["chance"] = report["tasks"]["builtin"]["chance"]
@@ -229,8 +229,8 @@ def parse_task_spec(tokens: Sequence[str]) -> tuple[str, dict]:
 def _model_rate(path: str) -> int:
     from .. import checkpoint as ckpt
     try:
-        return int(ckpt.read_config(path)["frontend"]["sample_rate"])
-    except (ckpt.CheckpointError, KeyError):
+        return ckpt.read(path).config.frontend.sample_rate
+    except ckpt.CheckpointError:
         return 16000
 
 

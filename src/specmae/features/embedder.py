@@ -42,7 +42,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..audio import AudioError, FrontendConfig, LogMelFrontend, resample
+from ..audio import AudioError, FrontendConfig, build_frontend, resample
+from ..audio.normalize import NormStats
+from ..checkpoint import loader
+from ..checkpoint.loader import Checkpoint
 from .chunking import embed_normalised, encode_chunks, frame_timestamps, resolve_layers
 from ..model.vit import Encoder
 
@@ -78,20 +81,21 @@ class Embedder(nn.Module):
     compile (see module doc).
     """
 
-    def __init__(self, encoder: Encoder, frontend: FrontendConfig, norm_stats: Sequence[float], *,
+    def __init__(self, encoder: Encoder, frontend: FrontendConfig, norm_stats: NormStats | Sequence, *,
                  layers: int | Sequence[int] | None = None, layer_mode: str = "mean",
                  normalization: str = "stored", precision: str = "fp32",
-                 chunks_per_call: int | None = None, compile: bool = False, config: dict | None = None):
+                 chunks_per_call: int | None = None, compile: bool = False, checkpoint: Checkpoint | None = None):
         super().__init__()
+        if frontend.n_mels != encoder.cfg.n_mels:
+            raise ValueError(f"front-end of {frontend.n_mels} mel bins for an encoder of input height "
+                             f"{encoder.cfg.n_mels}: they must be equal")
         self.encoder = encoder
-        self.frontend = LogMelFrontend(frontend).to(next(encoder.parameters()).device)
-        self.norm_stats = (float(norm_stats[0]), float(norm_stats[1]))
-        if not np.isfinite(self.norm_stats).all() or self.norm_stats[1] <= 0:
-            raise ValueError(f"norm_stats {norm_stats}: expected a finite mean and a positive std")
+        self.frontend = build_frontend(frontend).to(next(encoder.parameters()).device)
+        self.norm_stats = NormStats.parse(norm_stats).check_bins(frontend.n_mels)
         self.layers = resolve_layers(layers, encoder.cfg.depth)
         self.layer_mode, self.normalization, self.precision = layer_mode, normalization, precision
         self.chunks_per_call, self.compile = chunks_per_call, compile
-        self.config = config or {}
+        self.checkpoint = checkpoint  # what it was loaded from (typed config, path), if anything
         self._options(None, None, None, None)
         self._lowp: tuple[tuple, dict] | None = None
         self._compiled: dict[tuple, Callable] = {}
@@ -208,13 +212,13 @@ class Embedder(nn.Module):
             if not ok:
                 raise AudioError(f"{name}: log-mel is not finite (samples far outside [-1, 1]?)")
         if normalization == "stored":
-            mean, std = self.norm_stats
-        else:  # the official wrapper: statistics of this call's whole batch, unbiased std, no eps
-            flat = lms if isinstance(lms, Tensor) else torch.cat([x.reshape(-1) for x in clips])
-            mean, std = flat.mean(), flat.std()
-            if not float(std) > 1e-3:  # a constant batch leaves only rounding noise in the float32 std
-                raise ValueError(f"per-batch normalisation of {', '.join(names[:3])}: the log-mel is constant "
-                                 f"(silence?), its std is {float(std):.2g} ~ 0; use normalization='stored'")
+            return [self.norm_stats.apply(x, inplace) for x in clips]
+        # The official wrapper: statistics of this call's whole batch, unbiased std, no eps.
+        flat = lms if isinstance(lms, Tensor) else torch.cat([x.reshape(-1) for x in clips])
+        mean, std = flat.mean(), flat.std()
+        if not float(std) > 1e-3:  # a constant batch leaves only rounding noise in the float32 std
+            raise ValueError(f"per-batch normalisation of {', '.join(names[:3])}: the log-mel is constant "
+                             f"(silence?), its std is {float(std):.2g} ~ 0; use normalization='stored'")
         return [x.sub_(mean).div_(std) if inplace else (x - mean) / std for x in clips]
 
     def _options(self, layers, layer_mode, normalization, precision) -> tuple[list[int], str, str, str]:
@@ -286,18 +290,11 @@ def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
     options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call, compile),
     and for .pth files the `official.load_official` options (preset, heads, norm_stats, ...).
     """
-    from .. import checkpoint
-    from ..checkpoint import official
-
     embed_opts = {k: v for k, v in options.items() if k in EMBED_OPTIONS}
     other = {k: v for k, v in options.items() if k not in EMBED_OPTIONS}
-    if official.is_foreign_weights(path):
-        model, config = official.load_official(path, **other)
-        model = model.to(device)
-    else:
-        if other:
-            raise TypeError(f"unknown options {sorted(other)} for a specmae checkpoint; "
-                            f"allowed {sorted(EMBED_OPTIONS)}")
-        model, config = checkpoint.load_model(path, device)
-    return Embedder(model.encoder, FrontendConfig.from_dict(config["frontend"]), config["norm_stats"],
-                    config=config, **embed_opts)
+    return from_checkpoint(loader.load(path, device, **other), **embed_opts)
+
+
+def from_checkpoint(ck: Checkpoint, **options) -> Embedder:
+    """The Embedder of a loaded checkpoint (its encoder, front-end and statistics)."""
+    return Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats, checkpoint=ck, **options)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_model
+from ..audio.normalize import NormStats
+from ..checkpoint import CheckpointError, load
 from .chunking import tokens_to_frames
 from ..model.vit import Encoder
 
@@ -39,10 +40,12 @@ META = "specmae.json"
 class ChunkEncoder(nn.Module):
     """(B, F, T) un-normalised log-mel chunks -> (B, N_T, N_F*D) frame features."""
 
-    def __init__(self, encoder: Encoder, mean: float, std: float):
+    def __init__(self, encoder: Encoder, norm_stats: NormStats | tuple):
         super().__init__()
         self.encoder = encoder
-        self.mean, self.std = float(mean), float(std)
+        mean, std = NormStats.parse(norm_stats).check_bins(encoder.cfg.n_mels).tensors()
+        self.register_buffer("mean", mean)  # () global, or (F, 1) per mel bin
+        self.register_buffer("std", std)
         self.grid, self.prefix = encoder.cfg.grid, encoder.num_prefix
 
     def forward(self, lms: Tensor) -> Tensor:
@@ -54,8 +57,9 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "ex
     """Write the encoder of `checkpoint` to `out` in format `fmt` (see FORMATS); returns `out`."""
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r}: allowed {FORMATS}")
-    model, config = load_model(checkpoint)
-    module = ChunkEncoder(model.encoder, *config["norm_stats"]).eval()
+    ck = load(checkpoint)
+    model, config = ck.model, ck.to_json()
+    module = ChunkEncoder(model.encoder, ck.norm_stats).eval()
     enc = model.cfg.encoder
     example = torch.randn(2, enc.n_mels, enc.n_frames) * 4 - 7
     meta = json.dumps({"input": "(B, n_mels, n_frames) log-mel, not normalised",

@@ -119,3 +119,11 @@ class MaskedAutoencoder(nn.Module):
         pred = self.forward_decoder(latent, ids_restore)
         loss = self.forward_loss(x, pred, mask)
         return loss, pred, mask
+
+
+def build_mae(cfg: ModelConfig, seed: int = 0) -> MaskedAutoencoder:
+    """A MaskedAutoencoder initialised under torch seed `seed`, leaving the global RNG as it was:
+    the same (cfg, seed) always gives the same weights (random-init baselines, imports, tests)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MaskedAutoencoder(cfg)

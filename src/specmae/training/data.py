@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import AUDIO_EXTENSIONS, AudioError, FrontendConfig, LogMelFrontend, find_audio_files, load_audio
+from ..audio import AUDIO_EXTENSIONS, AudioError, FrontendConfig, build_frontend, find_audio_files, load_audio
+from ..audio.normalize import NormStats
 from ..files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -55,24 +55,28 @@ class Corpus:
         out[: len(piece)] = piece
         return out.T
 
-    def stats(self, n_frames: int, n_crops: int = STATS_CROPS, seed: int = 0) -> tuple[float, float]:
-        """Global mean and std of the log-mel over `n_crops` random crops (with their padding)."""
+    def stats(self, n_frames: int, n_crops: int = STATS_CROPS, seed: int = 0) -> NormStats:
+        """Mean and std of the log-mel over `n_crops` random crops (with their padding): one pair
+        ('global' statistics) or one per mel bin ('per-bin'), as the front-end config says."""
         rng = np.random.default_rng(seed)
         clips = rng.integers(0, len(self), size=min(n_crops, max(len(self), 1) * 64))
-        pad = math.log(self.frontend.eps)
+        per_bin = self.frontend.stats == "per-bin"
+        axis = 1 if per_bin else None
         total, total_sq, count = 0.0, 0.0, 0
         for clip in clips:
             start = rng.integers(0, max(int(self.lengths[clip]) - n_frames, 0) + 1)
-            x = self.crop(int(clip), int(start), n_frames, pad).astype(np.float64)
-            total, total_sq, count = total + x.sum(), total_sq + (x * x).sum(), count + x.size
-        mean = total / count
-        return float(mean), float(math.sqrt(max(total_sq / count - mean * mean, 1e-12)))
+            x = self.crop(int(clip), int(start), n_frames, self.frontend.silence).astype(np.float64)  # (F, T)
+            total, total_sq = total + x.sum(axis=axis), total_sq + (x * x).sum(axis=axis)
+            count += x.size // (x.shape[0] if per_bin else 1)
+        mean = np.atleast_1d(total / count)
+        std = np.sqrt(np.maximum(np.atleast_1d(total_sq / count) - mean * mean, 1e-12))
+        return NormStats(tuple(map(float, mean)), tuple(map(float, std)))
 
 
 def corpus_from_waves(waves: np.ndarray, frontend: FrontendConfig, labels: np.ndarray | None = None,
                       batch: int = 64) -> Corpus:
     """(N, S) float32 waveforms at the front-end rate -> in-memory Corpus (float32 frames)."""
-    fe = LogMelFrontend(frontend)
+    fe = build_frontend(frontend)
     parts = []
     with torch.no_grad():
         for i in range(0, len(waves), batch):
@@ -84,9 +88,9 @@ def corpus_from_waves(waves: np.ndarray, frontend: FrontendConfig, labels: np.nd
 
 
 @functools.lru_cache(maxsize=4)
-def _frontend(items: tuple) -> LogMelFrontend:
+def _frontend(items: tuple) -> torch.nn.Module:
     """One front-end per worker process and config, not one per file (it builds the mel bank)."""
-    return LogMelFrontend(FrontendConfig.from_dict(dict(items)))
+    return build_frontend(FrontendConfig.from_dict(dict(items)))
 
 
 def _lms_of_file(args) -> tuple[str, np.ndarray | None, str | None]:
@@ -144,10 +148,10 @@ def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: 
                          f"(first error: {errors[0]['error']})")
     os.replace(tmp, out / "lms.f16")
     corpus = _corpus(out / "lms.f16", offsets, lengths, names, frontend)
-    mean, std = corpus.stats(n_frames)
+    stats = corpus.stats(n_frames)
     index = dict(files=[str(p) for p in files], frontend=frontend.to_dict(), clips=names,
                  offsets=offsets, lengths=lengths, errors=errors, stats_frames=n_frames,
-                 mean=mean, std=std)
+                 norm_stats=stats.to_json())
     atomic_write_text(index_path, json.dumps(index))
     log.info("prepared %d clips (%d frames) into %s; %d files skipped", len(names), total, out, len(errors))
     return out
@@ -159,8 +163,8 @@ def _corpus(path: Path, offsets, lengths, names, frontend: FrontendConfig) -> Co
     return Corpus(frames, np.asarray(offsets, np.int64), np.asarray(lengths, np.int64), frontend, list(names))
 
 
-def load_corpus(folder: str | os.PathLike) -> tuple[Corpus, tuple[float, float]]:
-    """Open a prepared corpus (memory-mapped) -> (corpus, (mean, std))."""
+def load_corpus(folder: str | os.PathLike) -> tuple[Corpus, NormStats]:
+    """Open a prepared corpus (memory-mapped) -> (corpus, its normalisation statistics)."""
     folder = Path(folder)
     try:
         index = json.loads((folder / "index.json").read_text())
@@ -168,7 +172,8 @@ def load_corpus(folder: str | os.PathLike) -> tuple[Corpus, tuple[float, float]]
         raise ValueError(f"{folder}: not a prepared corpus ({e})") from e
     corpus = _corpus(folder / "lms.f16", index["offsets"], index["lengths"], index["clips"],
                      FrontendConfig.from_dict(index["frontend"]))
-    return corpus, (index["mean"], index["std"])
+    stats = index["norm_stats"] if "norm_stats" in index else [index["mean"], index["std"]]  # older corpora
+    return corpus, NormStats.parse(stats, f"{folder / 'index.json'}: norm_stats")
 
 
 class CropBatches(torch.utils.data.Dataset):
@@ -190,7 +195,7 @@ class CropBatches(torch.utils.data.Dataset):
         self.clips = order[rank * per_rank:(rank + 1) * per_rank]
         self.starts = starts[rank * per_rank:(rank + 1) * per_rank]
         self.corpus, self.n_frames, self.batch_size = corpus, n_frames, batch_size
-        self.pad = math.log(corpus.frontend.eps)
+        self.pad = corpus.frontend.silence
 
     def __len__(self) -> int:
         return len(self.clips) // self.batch_size

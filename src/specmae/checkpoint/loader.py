@@ -1,0 +1,103 @@
+"""One loader for every consumer: a checkpoint -> its typed configuration and its model.
+
+    load(path)          a specmae checkpoint folder, a run folder (its latest checkpoint), or an
+                        official MSM-MAE / M2D weights file (converted in memory)
+      -> Checkpoint     .config (RunConfig: model, frontend, masking, train), .norm_stats,
+                        .step, .epoch, .imported (provenance of official weights), .model
+
+`specmae.load` (embeddings), the HEAR module, export, evaluation, embedding jobs, the demo's
+report and resume all go through here, so a checkpoint's config.json is parsed and checked in
+one place. Checkpoints written before the front-end had a `kind` (every MSM-MAE checkpoint of
+specmae 0.1) load as MSM-MAE front-end with global statistics: the missing fields take their
+defaults, which are exactly what those checkpoints used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..audio.normalize import NormStats
+from ..config import RunConfig
+from ..schema import ConfigError
+from .store import CONFIG, CheckpointError, load_checkpoint, read_config, resolve
+
+# Entries of config.json besides the run config's sections.
+META_KEYS = ("format", "version", "norm_stats", "step", "epoch", "imported")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: where it came from, its typed configuration and its model."""
+    path: Path                      # checkpoint folder, or the official weights file
+    config: RunConfig
+    norm_stats: NormStats
+    step: int = 0
+    epoch: float | None = None
+    imported: dict | None = None    # official weights: file, sha256, format, notes
+    model: torch.nn.Module | None = None   # MaskedAutoencoder in eval mode (None: config only)
+
+    def to_json(self) -> dict:
+        """config.json as written by save_checkpoint (without format and version)."""
+        out = dict(self.config.to_dict(), norm_stats=self.norm_stats.to_json(), step=self.step, epoch=self.epoch)
+        if self.imported is not None:
+            out["imported"] = self.imported
+        return out
+
+
+def parse_config(raw: dict, where: str | os.PathLike) -> Checkpoint:
+    """A checkpoint's config.json content -> Checkpoint without a model; CheckpointError naming `where`."""
+    try:
+        sections = {k: v for k, v in raw.items() if k not in META_KEYS}
+        config = RunConfig.from_dict(sections).validate()
+        if "norm_stats" not in raw:
+            raise ConfigError("norm_stats: missing")
+        stats = NormStats.parse(raw["norm_stats"]).check_bins(config.frontend.n_mels)
+        step, epoch = raw.get("step", 0), raw.get("epoch")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"step: expected an integer >= 0, got {step!r}")
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, (int, float))):
+            raise ConfigError(f"epoch: expected a number, got {epoch!r}")
+    except ValueError as e:  # ConfigError and the model configs' own checks
+        raise CheckpointError(f"{where}: invalid checkpoint config: {e}") from e
+    return Checkpoint(Path(where), config, stats, step, epoch, raw.get("imported"))
+
+
+def read(path: str | os.PathLike) -> Checkpoint:
+    """The typed configuration of a specmae checkpoint or run folder, without loading weights."""
+    folder = resolve(path)
+    ck = parse_config(read_config(folder), folder / CONFIG)
+    ck.path = folder
+    return ck
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", **official_options) -> Checkpoint:
+    """A specmae checkpoint, run folder or official weights file -> Checkpoint with its model
+    (eval mode, on `device`). `official_options` (preset, heads, norm_stats, ...) apply to
+    official files only; see official.load_official."""
+    from . import official
+
+    if official.is_foreign_weights(path):
+        model, raw = official.load_official(path, **official_options)
+        ck = parse_config(raw, path)
+        ck.model = model.to(device).eval()
+        return ck
+    if official_options:
+        raise TypeError(f"options {sorted(official_options)} apply to official weights files only, "
+                        f"not to the specmae checkpoint {path}")
+    folder = resolve(path)
+    state, raw = load_checkpoint(folder, map_location=device)
+    ck = parse_config(raw, folder / CONFIG)
+    ck.path = folder
+    from ..model.mae import MaskedAutoencoder
+    model = MaskedAutoencoder(ck.config.model)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{folder}: weights do not match the stored config ({e})") from e
+    ck.model = model.to(device).eval()
+    return ck
+
