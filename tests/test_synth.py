@@ -248,6 +248,49 @@ def test_vowels_differ_in_formant_pattern():
     assert fronting["i"] > max(fronting["a"], fronting["u"]) + 6
 
 
+# Other sample rates
+
+def dominant_hz(x: np.ndarray, sr: int) -> float:
+    """Frequency of the highest peak of the whole clip's Hann-windowed spectrum."""
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / sr)[spectrum.argmax()])
+
+
+def test_corpus_at_32k_lasts_the_same_in_seconds():
+    waves, labels = make_corpus(4, seed=3, duration=1.5, sample_rate=32000)
+    assert waves.dtype == np.float32 and waves.shape == (4, 48000)
+    assert np.array_equal(labels, make_corpus(4, seed=3, duration=1.5)[1])
+
+
+def test_a_seed_gives_the_same_whistle_at_16_and_32_khz():
+    # the whistle's parameters are drawn before any noise, so the seed fixes its frequency
+    label = CLASSES.index("whistle")
+    for s in SEEDS:
+        f16, f32 = (dominant_hz(make_clip(label, np.random.default_rng([11, s]), sample_rate=sr), sr)
+                    for sr in (16000, 32000))
+        assert abs(f32 - f16) <= 0.002 * f16 + 1.0, (s, f16, f32)
+
+
+def test_sweeps_stay_below_7_5_khz_at_32_khz():
+    # The event itself: in a finished clip the background noise fills the band above 8 kHz.
+    # A cap of 0.45 * the rate would let about one sweep in 40 reach 12 kHz at 32 kHz.
+    for s in range(40):
+        x = synth._FAMILIES["chirp_up"](np.random.default_rng(s), 64000, 32000)
+        power = np.abs(np.fft.rfft(x)) ** 2
+        assert power[np.fft.rfftfreq(len(x), 1 / 32000) > 7500].sum() < 1e-4 * power.sum(), s
+
+
+def test_write_corpus_at_32k(tmp_path):
+    meta = write_corpus(tmp_path, 3, seed=2, duration=0.5, sample_rate=32000)
+    waves, _ = make_corpus(3, seed=2, duration=0.5, sample_rate=32000)
+    with open(meta, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row, wave in zip(rows, waves):
+        audio, sr = sf.read(tmp_path / row["path"], dtype="float32")
+        assert sr == 32000 and audio.shape == wave.shape == (16000,)
+        assert np.abs(audio - wave).max() <= 1.5 / 32768
+
+
 # Writing to disk
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])

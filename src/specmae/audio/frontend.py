@@ -154,6 +154,24 @@ def reflect_indices(pos: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(pos >= n, period - pos, pos)
 
 
+def frame_span(x: torch.Tensor, t0: int, t1: int, hop: int, n_fft: int) -> torch.Tensor:
+    """Samples under centred frames t0..t1-1 of x (B, S): (B, (t1 - t0 - 1) * hop + n_fft), reflect-padded.
+
+    Frame k starts n_fft // 2 samples before k * hop, so that it is centred there. Positions
+    outside the clip are reflected in by index arithmetic (np.pad semantics, for clips of any
+    length); a span inside the clip is a plain view, so the whole clip is never copied to pad it.
+    """
+    n = x.shape[-1]
+    start = t0 * hop - n_fft // 2
+    stop = start + (t1 - t0 - 1) * hop + n_fft
+    parts = [x[:, max(start, 0) : min(stop, n)]]  # never empty: every frame centre lies in the clip
+    if start < 0:
+        parts.insert(0, x.index_select(1, reflect_indices(torch.arange(start, 0, device=x.device), n)))
+    if stop > n:
+        parts.append(x.index_select(1, reflect_indices(torch.arange(n, stop, device=x.device), n)))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
 class LogMelFrontend(torch.nn.Module):
     """Waveform -> natural-log mel spectrogram, batched, on the device of its buffers.
 
@@ -215,25 +233,8 @@ class LogMelFrontend(torch.nn.Module):
         step = max(1, self.cpu_chunk_frames // x.shape[0]) if x.device.type == "cpu" else n_frames
         for t0 in range(0, n_frames, step):
             t1 = min(n_frames, t0 + step)
-            out[:, :, t0:t1] = self._log_mel(self._frame_span(x, t0, t1))
+            out[:, :, t0:t1] = self._log_mel(frame_span(x, t0, t1, self.cfg.hop_length, self.cfg.n_fft))
         return out[0] if wave.ndim == 1 else out
-
-    def _frame_span(self, x: torch.Tensor, t0: int, t1: int) -> torch.Tensor:
-        """Samples under frames t0..t1-1, (B, (t1 - t0 - 1) * hop + n_fft), reflect-padded.
-
-        Frame k starts n_fft // 2 samples before k * hop, so that it is centred there. Positions
-        outside the clip are reflected in by index arithmetic (np.pad semantics, for clips of any
-        length); a span inside the clip is a plain view, so the whole clip is never copied to pad it.
-        """
-        n = x.shape[-1]
-        start = t0 * self.cfg.hop_length - self.cfg.n_fft // 2
-        stop = start + (t1 - t0 - 1) * self.cfg.hop_length + self.cfg.n_fft
-        parts = [x[:, max(start, 0) : min(stop, n)]]  # never empty: every frame centre lies in the clip
-        if start < 0:
-            parts.insert(0, x.index_select(1, reflect_indices(torch.arange(start, 0, device=x.device), n)))
-        if stop > n:
-            parts.append(x.index_select(1, reflect_indices(torch.arange(n, stop, device=x.device), n)))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def _log_mel(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples (B, S') whose frames are all complete -> log-mel (B, F, T') of those frames."""

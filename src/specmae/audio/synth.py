@@ -1,4 +1,4 @@
-"""Built-in labelled corpus: seedable synthetic sounds at 16 kHz.
+"""Built-in labelled corpus: seedable synthetic sounds, at 16 kHz or any higher rate.
 
 Twelve generative families - tones, sweeps, impulse trains, textures, vowels. Level,
 pitch and centre-frequency ranges, duration and onset are drawn at random and overlap
@@ -12,6 +12,17 @@ Synthesis is vectorised numpy (no scipy): filters are zero-phase gains applied i
 FFT domain over a whole, zero-padded event, which is exact and cheap at these lengths.
 Clip i of a corpus comes from its own generator `default_rng([seed, i])` and its label
 from a per-block shuffle, so it does not depend on how many clips are made.
+
+Every family is written in seconds and hertz, so a clip can be synthesised directly at
+another rate (32 kHz for MaskSpec): the same classes with the same ranges of frequency,
+duration and level, sampled at that rate; clip length in samples scales with the rate.
+Tones, sweeps and partials stay below 7.5 kHz at every rate; noise (the background, noise
+bursts, noisy AM carriers, the colour of clicks) fills the band up to the rate's Nyquist.
+A seed's random draws stay in step across rates until its first draw of noise, whose
+length depends on the rate. So a seed gives the same main event at 16 and 32 kHz (same
+frequencies, onset, duration) for the tonal, click and vowel families, but not for noise
+bursts and noisy AM textures; every draw after the first noise (at the latest the
+background noise: its SNR, the clip's level) differs between the rates.
 """
 
 from __future__ import annotations
@@ -27,6 +38,9 @@ SAMPLE_RATE = 16000
 
 _TWO_PI = 2.0 * np.pi
 _F_TOP = 7500.0  # highest partial synthesised: stays below Nyquist at 16 kHz
+# Highest sweep frequency, 7.2 kHz, at every rate (not 0.45 * the rate), so that a chirp
+# class covers the same band whatever the rate it is synthesised at.
+_F_SWEEP_TOP = 0.45 * SAMPLE_RATE
 
 
 def _loguniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -129,7 +143,7 @@ def _chirp(rng, m, sr, up):
     period = m / n_sweeps
     dur = period * rng.uniform(0.5, 1.0)
     f_lo = _loguniform(rng, 200, 2000)
-    f_hi = min(f_lo * _loguniform(rng, 2, 6), 0.45 * sr)
+    f_hi = min(f_lo * _loguniform(rng, 2, 6), _F_SWEEP_TOP)
     tau = np.mod(np.arange(m), period)
     frac = np.minimum(tau / dur, 1.0)
     f_inst = f_lo * (f_hi / f_lo) ** (frac if up else 1 - frac)
@@ -315,14 +329,14 @@ _SUBTYPES = {"wav": "PCM_16", "flac": "PCM_16", "ogg": "VORBIS"}
 
 
 def write_corpus(folder: str | os.PathLike, n_clips: int, seed: int = 0,
-                 duration: float = 2.08, fmt: str = "wav") -> Path:
+                 duration: float = 2.08, fmt: str = "wav", sample_rate: int = SAMPLE_RATE) -> Path:
     """Write <folder>/<class>/<i:05d>.<fmt> and <folder>/meta.csv; return the meta.csv path.
 
-    The clips are those of make_corpus(n_clips, seed, duration), made one at a time so
-    that memory does not grow with n_clips. meta.csv has columns path (relative to
-    folder), label (int), split: every fifth clip (i % 5 == 4) is 'test', the rest
-    'train'. meta.csv is written last and atomically, so its presence means the corpus
-    is complete.
+    The clips are those of make_corpus(n_clips, seed, duration, sample_rate), written at
+    sample_rate and made one at a time so that memory does not grow with n_clips.
+    meta.csv has columns path (relative to folder), label (int), split: every fifth clip
+    (i % 5 == 4) is 'test', the rest 'train'. meta.csv is written last and atomically, so
+    its presence means the corpus is complete.
     """
     import soundfile as sf
 
@@ -331,10 +345,10 @@ def write_corpus(folder: str | os.PathLike, n_clips: int, seed: int = 0,
     folder = Path(folder)
     rows = []
     for i, label in enumerate(corpus_labels(n_clips, seed)):
-        wave = make_clip(int(label), np.random.default_rng([seed, i]), duration)
+        wave = make_clip(int(label), np.random.default_rng([seed, i]), duration, sample_rate)
         rel = Path(CLASSES[label]) / f"{i:05d}.{fmt}"
         (folder / rel.parent).mkdir(parents=True, exist_ok=True)
-        sf.write(folder / rel, wave, SAMPLE_RATE, subtype=_SUBTYPES[fmt])
+        sf.write(folder / rel, wave, sample_rate, subtype=_SUBTYPES[fmt])
         rows.append((rel.as_posix(), int(label), "test" if i % 5 == 4 else "train"))
     meta = folder / "meta.csv"
     tmp = meta.with_name(meta.name + ".tmp")
