@@ -229,6 +229,10 @@ class Embedder(nn.Module):
                                      ("precision", chosen[3], tuple(PRECISIONS))]:
             if value not in allowed:
                 raise ValueError(f"{name} {value!r}: allowed {allowed}")
+        if chosen[2] == "batch" and (self.frontend.cfg.kind != "msm-mae" or self.norm_stats.per_bin):
+            raise ValueError(f"normalization 'batch' reproduces the official MSM-MAE wrapper (one mean and std "
+                             f"per batch); this model uses the {self.frontend.cfg.kind} front-end with "
+                             f"{'per-bin' if self.norm_stats.per_bin else 'global'} statistics: use 'stored'")
         return chosen
 
     @torch.no_grad()  # not inference_mode: outputs may feed a trained probe
