@@ -1,6 +1,5 @@
 """Front-end tests: decoding and resampling, and the log-mel held to librosa and to the official golden files."""
 
-import os
 import warnings
 from pathlib import Path
 
@@ -9,11 +8,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from conftest import GOLDEN, GOLDEN_MODELS, golden_frontend_config, shared_dir
 from specmae.audio import (AudioError, FrontendConfig, LogMelFrontend, check_waveform, load_audio, mel_filterbank, reflect_indices, resample)
 
-SHARED = Path(os.environ.get("SPECMAE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-GOLDEN = SHARED / "golden"
-FSDD = SHARED / "data" / "fsdd" / "recordings"
+FSDD = shared_dir() / "data" / "fsdd" / "recordings"
 EPS32 = float(np.finfo(np.float32).eps)
 CFG = FrontendConfig()
 
@@ -180,10 +178,15 @@ def test_logmel_shorter_than_a_window(frontend, n):
 
 
 @pytest.mark.parametrize("suffix", ["", "_len16000", "_len33120", "_len81760"])
-def test_golden_parity(frontend, suffix):
+def test_golden_parity(suffix):
     waves, lms = GOLDEN / f"waves{suffix}.npy", GOLDEN / f"lms{suffix}.npy"
     if not (waves.exists() and lms.exists()):
         pytest.skip(f"golden files not found under {GOLDEN} (set SPECMAE_SHARED)")
+    # The log-mel files are shared: every golden model's runtime produced them, so their
+    # front-end settings must agree, and ours is built from them.
+    configs = [golden_frontend_config(folder) for folder in GOLDEN_MODELS]
+    assert configs and all(c == configs[0] for c in configs), f"golden runtime_config differ: {configs}"
+    frontend = LogMelFrontend(configs[0])
     golden = np.load(lms)  # (3, 1, F, T), official nnAudio front-end
     ours = frontend(torch.from_numpy(np.load(waves)))[:, None]
     assert ours.shape == golden.shape

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN_MODELS
+from conftest import (GOLDEN_MASK_RATIO, GOLDEN_MODELS, golden_frontend_config, golden_import_options,
+                      golden_model_config)
 from specmae.checkpoint import CheckpointError, load_model
 from specmae.checkpoint.official import convert_official, load_official
 from specmae.cli import main
 from specmae.features.export import ChunkEncoder, export, load_exported
 from specmae.features import load
-from specmae.masking import ids_from_noise
+from specmae.masking import ids_from_noise, n_keep
 from specmae.model.vit import Block
 from test_features import tiny_checkpoint
 
@@ -184,18 +185,43 @@ def test_bad_keys_heads_and_presets_are_reported(tmp_path):
 
 
 @pytest.mark.parametrize("folder", GOLDEN_MODELS)
+def test_golden_import_rebuilds_the_official_config(golden, folder):
+    """Given only what the weights cannot show (heads, loss and quirk switches), the import reads
+    the input size from the run-folder name and the rest from the keys and shapes."""
+    options = golden_import_options(folder)
+    del options["preset"]
+    model, config = load_official(golden / folder / "checkpoint-0.pth", **options)
+    assert model.cfg == golden_model_config(folder)
+    assert config["frontend"] == golden_frontend_config(folder).to_dict()
+
+
+def convert_flags(options: dict) -> list[str]:
+    """load_official keyword arguments -> the equivalent `specmae convert` flags."""
+    flags = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+@pytest.mark.parametrize("folder", GOLDEN_MODELS)
 def test_golden_convert_cli_reproduces_official_outputs(golden, folder, tmp_path, capsys):
     mu, sigma = np.load(golden / "norm_stats.npy")
-    out = tmp_path / "converted"
-    main(["convert", str(golden / folder / "checkpoint-0.pth"), str(out), "--heads", "3",
-          "--decoder-heads", "4", "--norm-stats", str(mu), str(sigma)])
-    assert "77 of 79 tensors mapped" in capsys.readouterr().out  # + 2 fixed tables, checked not stored
+    src, out = golden / folder / "checkpoint-0.pth", tmp_path / "converted"
+    main(["convert", str(src), str(out), *convert_flags(golden_import_options(folder)),
+          "--norm-stats", str(mu), str(sigma)])
+    n = len(torch.load(src, weights_only=True)["model"])
+    assert f"{n - 2} of {n} tensors mapped" in capsys.readouterr().out  # + 2 fixed tables, checked not stored
     model, _ = load_model(out)
+    assert model.cfg == golden_model_config(folder)
     load_np = lambda name: torch.from_numpy(np.load(golden / folder / f"{name}.npy"))
     x, ids = load_np("pretrain_input"), ids_from_noise(load_np("pretrain_noise"))
     with torch.no_grad():
-        loss, pred, mask = model(x, 0.75, ids_shuffle=ids)
-        latent = model.forward_encoder(x, ids, int(model.cfg.encoder.num_patches * 0.25))
+        loss, pred, mask = model(x, GOLDEN_MASK_RATIO, ids_shuffle=ids)
+        latent = model.forward_encoder(x, ids, n_keep(model.cfg.encoder.num_patches, GOLDEN_MASK_RATIO))
     torch.testing.assert_close(latent, load_np("pretrain_latent"), atol=2e-5, rtol=0)
     torch.testing.assert_close(pred, load_np("pretrain_pred"), atol=2e-5, rtol=0)
     assert torch.equal(mask, load_np("pretrain_mask"))

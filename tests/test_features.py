@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN_MODELS
+from conftest import GOLDEN_MODELS, golden_frontend_config, golden_import_options, golden_model_config
 from specmae.audio import AudioError, FrontendConfig, resample
 from specmae.checkpoint import save_checkpoint
 from specmae.checkpoint.official import load_official
 from specmae.features.chunking import embed_normalised, frame_features, frame_timestamps, num_frames
 from specmae.features import Embedder, load
 from specmae.model.mae import MaskedAutoencoder
-from specmae.model.presets import model_config
+from specmae.model.presets import ModelConfig, model_config
 
 SR = 16000
 
@@ -200,15 +200,19 @@ def test_cuda_matches_cpu(embedder):
     torch.testing.assert_close(cuda.embed(wave, SR).frames.cpu(), out.frames.cpu())  # CPU audio, CUDA model
 
 
-# --- golden: the official MSM-MAE runtime on two tiny models ------------------------------------
+# --- golden: the official MSM-MAE runtime on tiny models ----------------------------------------
 
 SETS = ["", "_len16000", "_len33120", "_len81760"]
 
 
 def golden_embedder(golden, folder, suffix):
     stats = np.load(golden / f"norm_stats{suffix}.npy")
-    model, config = load_official(golden / folder / "checkpoint-0.pth", heads=3, decoder_heads=4, norm_stats=stats)
-    return Embedder(model.encoder, FrontendConfig.from_dict(config["frontend"]), config["norm_stats"])
+    model, config = load_official(golden / folder / "checkpoint-0.pth", norm_stats=stats,
+                                  **golden_import_options(folder))
+    assert ModelConfig.from_dict(config["model"]) == golden_model_config(folder)
+    frontend = FrontendConfig.from_dict(config["frontend"])
+    assert frontend == golden_frontend_config(folder)
+    return Embedder(model.encoder, frontend, config["norm_stats"])
 
 
 @pytest.mark.parametrize("suffix", SETS)
@@ -218,8 +222,9 @@ def test_golden_features_layers_and_frame_count(golden, folder, suffix):
     embedder = golden_embedder(golden, folder, suffix)
     load_np = lambda name: np.load(golden / folder / f"{name}{suffix}.npy")
     lms = torch.from_numpy(np.load(golden / f"lms{suffix}.npy"))[:, 0]
-    out = embedder.embed_lms(lms, layers=[0, 1, 2], layer_mode="concat")
-    layers = torch.stack(out.frames.chunk(3, dim=-1))
+    depth = embedder.encoder.cfg.depth
+    out = embedder.embed_lms(lms, layers=list(range(depth)), layer_mode="concat")
+    layers = torch.stack(out.frames.chunk(depth, dim=-1))
     torch.testing.assert_close(layers, torch.from_numpy(load_np("feats_layers")), atol=2e-5, rtol=0)
     torch.testing.assert_close(layers[-1], torch.from_numpy(load_np("feats")), atol=2e-5, rtol=0)
     torch.testing.assert_close(layers[-1].mean(1), torch.from_numpy(load_np("scene")), atol=2e-5, rtol=0)

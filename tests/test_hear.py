@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN_MODELS
+from conftest import GOLDEN_MODELS, golden_import_options, golden_model_config
 from specmae import hear
+from specmae.model.presets import ModelConfig
 from test_features import tiny_checkpoint
 
 ACCEPTABLE_SAMPLE_RATES = [16000, 22050, 44100, 48000]
@@ -100,8 +101,9 @@ def test_official_timestamps_are_the_wrapper_starts(checkpoints):
 def test_official_modes_reproduce_the_official_wrapper(golden, folder):
     """Official .pth loaded as is, per-batch normalisation, span-start timestamps: the official
     runtime's get_timestamp_embeddings and get_scene_embeddings for every golden input."""
-    model = hear.load_model(str(golden / folder / "checkpoint-0.pth"), heads=3, decoder_heads=4,
-                            normalization="batch", timestamps="official")
+    model = hear.load_model(str(golden / folder / "checkpoint-0.pth"), normalization="batch",
+                            timestamps="official", **golden_import_options(folder))
+    assert ModelConfig.from_dict(model.config["model"]) == golden_model_config(folder)
     for suffix in ["", "_len16000", "_len33120", "_len81760"]:
         expected = lambda name: np.load(golden / folder / f"{name}{suffix}.npy")
         waves = torch.from_numpy(np.load(golden / f"waves{suffix}.npy"))

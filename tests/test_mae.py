@@ -1,16 +1,17 @@
 """The model against the official MSM-MAE code (golden data) and by property."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import GOLDEN_MODELS
+from conftest import GOLDEN, GOLDEN_MASK_RATIO, GOLDEN_MODELS, golden_model_config, golden_spec
 from specmae.checkpoint import CheckpointError
 from specmae.checkpoint.official import from_official_state_dict
 from specmae.model.mae import MaskedAutoencoder, patchify, unpatchify
-from specmae.masking import ids_from_noise
+from specmae.masking import ids_from_noise, n_keep
 from specmae.model.presets import INPUT_PRESETS, model_config
 
 
@@ -20,12 +21,35 @@ def tiny_cfg(preset="80x208p16x16", **kw):
 
 
 def golden_model(golden, folder):
-    cfg = json.loads((golden / folder / "model_config.json").read_text())["constructor_kwargs"]
-    (n_mels, n_frames), (pf, pt) = cfg["img_size"], cfg["patch_size"]
-    model = MaskedAutoencoder(tiny_cfg(f"{n_mels}x{n_frames}p{pf}x{pt}", use_cls=cfg["use_cls_token"]))
+    model = MaskedAutoencoder(golden_model_config(folder))
     official = torch.load(golden / folder / "checkpoint-0.pth", weights_only=True)["model"]
     model.load_state_dict(from_official_state_dict(official, model), strict=True)
     return model.eval()
+
+
+def test_every_golden_model_folder_is_tested(golden):
+    """A model folder the manifest lists but the copy lacks would otherwise drop out silently."""
+    listed = {Path(f).parent.name for f in json.loads((golden / "manifest.json").read_text())["files"]
+              if Path(f).name == "model_config.json"}
+    assert listed <= set(GOLDEN_MODELS), f"missing under {GOLDEN}: {sorted(listed - set(GOLDEN_MODELS))}"
+
+
+@pytest.mark.parametrize("folder", GOLDEN_MODELS)
+def test_golden_config_gives_the_official_sizes(golden, folder):
+    """The config built from model_config.json against the sizes the official code derived from it."""
+    cfg, spec = golden_model_config(folder), golden_spec(folder)
+    derived, enc, dec = spec["derived"], cfg.encoder, cfg.decoder
+    model = golden_model(golden, folder)
+    assert list(enc.grid) == derived["grid_size"] and enc.num_patches == derived["num_patches"]
+    assert enc.patch_f * enc.patch_t == derived["patch_dim"]
+    assert enc.dim // enc.heads == derived["head_dim"] and dec.dim // dec.heads == derived["decoder_head_dim"]
+    assert model.encoder.blocks[0].mlp.fc1.out_features == derived["mlp_hidden"]
+    assert model.decoder_blocks[0].mlp.fc1.out_features == derived["decoder_mlp_hidden"]
+    assert n_keep(enc.num_patches, GOLDEN_MASK_RATIO) == derived["len_keep_at_mask_ratio_0.75"]
+    # specmae keeps the fixed positional tables out of the parameters, as the official code
+    # keeps them out of training
+    assert sum(p.numel() for p in model.parameters()) == derived["n_trainable_parameters"]
+    assert len(model.state_dict()) + 2 == derived["n_state_dict_entries"]  # + the two fixed tables
 
 
 @pytest.mark.parametrize("folder", GOLDEN_MODELS)
@@ -34,8 +58,8 @@ def test_pretrain_forward_matches_official(golden, folder):
     load = lambda name: torch.from_numpy(np.load(golden / folder / f"pretrain_{name}.npy"))
     x, noise = load("input"), load("noise")
     ids_shuffle = ids_from_noise(noise)
-    loss, pred, mask = model(x, 0.75, ids_shuffle=ids_shuffle)
-    keep = int(model.cfg.encoder.num_patches * 0.25)
+    loss, pred, mask = model(x, GOLDEN_MASK_RATIO, ids_shuffle=ids_shuffle)
+    keep = n_keep(model.cfg.encoder.num_patches, GOLDEN_MASK_RATIO)
     latent = model.forward_encoder(x, ids_shuffle, keep)
     assert torch.equal(torch.argsort(ids_shuffle, 1), load("ids_restore"))
     assert torch.equal(mask, load("mask"))
@@ -49,7 +73,7 @@ def test_gradients_match_official(golden, folder):
     model = golden_model(golden, folder).train()
     x = torch.from_numpy(np.load(golden / folder / "pretrain_input.npy"))
     noise = torch.from_numpy(np.load(golden / folder / "pretrain_noise.npy"))
-    loss, _, _ = model(x, 0.75, ids_shuffle=ids_from_noise(noise))
+    loss, _, _ = model(x, GOLDEN_MASK_RATIO, ids_shuffle=ids_from_noise(noise))
     loss.backward()
     expected = json.loads((golden / folder / "pretrain_grad_norms.json").read_text())
     grads = {n: p.grad.norm().item() for n, p in model.named_parameters()}
@@ -69,7 +93,7 @@ def test_encoder_layers_match_official_first_chunk(golden, folder):
     with torch.no_grad():
         final, layers = model.encoder(x, return_layers=True)
     n_f, n_t = enc.grid
-    frames = lambda z: z[:, 1:].reshape(3, n_f, n_t, -1).transpose(1, 2).reshape(3, n_t, -1)
+    frames = lambda z: z[:, int(enc.use_cls):].reshape(3, n_f, n_t, -1).transpose(1, 2).reshape(3, n_t, -1)
     expected = np.load(golden / folder / "feats_layers.npy")[:, :, :n_t]
     for i, z in enumerate(layers[:-1] + [final]):
         torch.testing.assert_close(frames(z), torch.from_numpy(expected[i]), atol=2e-5, rtol=0)
