@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from specmae.checkpoint import load_checkpoint, load_train_state
-from specmae.training.pretrain import RunConfig, lr_at, param_groups, pretrain
+from specmae.training.engine import lr_at, param_groups
+from specmae.training.pretrain import RunConfig, pretrain
 from specmae.model.mae import MaskedAutoencoder
 from specmae.model.presets import model_config
 
@@ -73,7 +74,7 @@ def test_hint_schedule_beyond_the_run_is_reported(tmp_path, caplog):
 
 
 def test_bf16_on_a_cpu_without_fast_bf16_is_reported(tmp_path, caplog, monkeypatch):
-    from specmae.training import pretrain as module
+    from specmae.training import engine as module
     monkeypatch.setattr(module, "native_bf16", lambda device: False)
     pretrain(tiny_run(epochs=1, bf16=True), tmp_path / "slow", progress=False, max_steps=1)
     assert "slower than in fp32" in caplog.text
@@ -170,7 +171,7 @@ def test_torchrun_two_processes_hold_identical_weights(tmp_path):
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from specmae.training.pretrain import init_distributed
+    from specmae.training.engine import init_distributed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setenv("LOCAL_RANK", "1")

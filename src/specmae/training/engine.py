@@ -1,0 +1,334 @@
+"""The training engine: the one loop that every recipe (pre-training, fine-tuning) runs.
+
+A recipe builds its model and data, then hands the engine the model's AdamW parameter groups,
+a function giving each epoch's micro-batches and a function computing the loss of one
+micro-batch. The engine does the rest the same way for every recipe:
+
+    setup(train)          torchrun environment, device, allocator, torch seed, bf16 check
+    Trainer(...)          DDP / torch.compile wrapping, fused AdamW, exact resume
+    Trainer.fit           the loop: epochs, data order, steps, logging, checkpoints
+    Trainer.train_step    one optimizer step over the micro-batches of a global batch
+    Trainer.log           a recipe's own records (validation metrics) into log.jsonl + TensorBoard
+    Trainer.checkpoint    model + optimizer + step + recipe extras, written atomically
+
+Run a recipe directly or under `torchrun --nproc_per_node=N`: the distributed setup is read from
+torchrun's environment variables, with gloo on CPU and NCCL on GPU. The learning rate is set
+every step (linear warm-up, then half-cycle cosine) and multiplied by each group's `lr_scale`;
+gradients accumulate over micro-batches with DDP synchronising only on the last one; a
+checkpoint is committed every `checkpoint_every` steps, so a killed run resumes with the same
+step, schedule and data order, losing at most one interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..allocator import retain_freed_memory
+from ..checkpoint import LATEST, commit_latest, load_checkpoint, load_train_state, resolve, save_checkpoint
+from ..config import TrainConfig
+from ..files import atomic_write_text
+from ..precision import cpu_bf16_speedup, native_bf16
+
+log = logging.getLogger(__name__)
+
+# loss_fn(net, micro_batch, step, micro_step) -> scalar mean loss of the micro-batch. `net` is the
+# model as the engine wraps it (DDP, torch.compile): call it, not the bare model, for DDP to sync.
+LossFn = Callable[[torch.nn.Module, Any, int, int], torch.Tensor]
+
+
+# ------------------------------------------------------------------------------------------
+# Process set-up
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def init_distributed() -> Dist:
+    """Read torchrun's environment; one process per GPU, or CPU processes over gloo."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(f"process {local} on this node but only {torch.cuda.device_count()} GPU(s) visible: "
+                               "start one process per GPU, or set CUDA_VISIBLE_DEVICES= to train on the CPU")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, device)
+
+
+def setup(train: TrainConfig) -> Dist:
+    """Start this process for a training run: torchrun environment and device, allocator, seed.
+
+    Seeded here, before the recipe builds its model, so that every rank draws the same initial
+    weights (DDP would broadcast rank 0's anyway; one process is then reproducible too).
+    """
+    env = init_distributed()
+    retain_freed_memory()
+    if env.main and train.bf16 and env.device.type == "cpu" and not native_bf16(env.device):
+        log.warning("bf16 autocast on a CPU whose bf16 matrix products are not faster than fp32 "
+                    "(%.2fx): this run will be slower than in fp32", cpu_bf16_speedup())
+    torch.manual_seed(train.seed)
+    return env
+
+
+def split_batch(train: TrainConfig, world: int) -> tuple[int, int]:
+    """-> (micro, accum): samples per forward in each process, micro-batches per optimizer step."""
+    micro = train.micro_batch or train.batch_size // world
+    accum = train.batch_size // (micro * world)
+    if accum < 1 or accum * micro * world != train.batch_size:
+        raise ValueError(f"batch_size {train.batch_size} is not a multiple of micro_batch {micro} "
+                         f"x {world} processes")
+    return micro, accum
+
+
+# ------------------------------------------------------------------------------------------
+# Optimisation
+# ------------------------------------------------------------------------------------------
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float,
+                 lr_scale: Callable[[str], float] | None = None) -> list[dict]:
+    """AdamW groups: no decay on biases, norms and tokens (every parameter with < 2 dims or a token).
+
+    `lr_scale(name)` multiplies parameter `name`'s learning rate (layer-wise decay when
+    fine-tuning): one decay and one no-decay group per scale, in order of first appearance, each
+    carrying its `lr_scale` for the Trainer. Without it: [decay, no-decay], both at scale 1.
+    """
+    by_scale: dict[float, tuple[list, list]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        scale = 1.0 if lr_scale is None else float(lr_scale(name))
+        by_scale.setdefault(scale, ([], []))[p.ndim < 2 or name.endswith("_token")].append(p)
+    return [dict(params=params, weight_decay=decay, lr_scale=scale)
+            for scale, pair in by_scale.items() for params, decay in zip(pair, (weight_decay, 0.0)) if params]
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float = 0.0) -> float:
+    """Linear warm-up to `peak`, then half-cycle cosine down to `floor`, per optimizer step."""
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class Trainer:
+    """Optimises `model` under `train`; see the module docstring for the parts.
+
+    model            on env.device; checkpoints hold its state_dict
+    groups           AdamW parameter groups (`param_groups`); a group's `lr_scale` multiplies the lr
+    steps_per_epoch  optimizer steps in one epoch of the recipe's data
+    run_dir          log.jsonl, tb/ and checkpoints/ go here
+    meta             the config.json of every checkpoint; `step` and `epoch` are added
+    resume           continue from run_dir's latest checkpoint, if there is one
+    """
+
+    def __init__(self, model: torch.nn.Module, groups: list[dict], train: TrainConfig, env: Dist,
+                 steps_per_epoch: int, run_dir: str | os.PathLike, meta: dict | None = None,
+                 resume: bool = False, progress: bool = True):
+        self.model, self.train, self.env = model, train, env
+        self.micro, self.accum = split_batch(train, env.world)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = train.epochs * steps_per_epoch
+        self.warmup_steps = round(train.warmup_epochs * steps_per_epoch)
+        self.peak_lr = train.blr * train.batch_size / 256
+        # The scales stay outside the optimizer, so its saved state has the same keys in every
+        # recipe; a resumed run takes them from the recipe's groups again.
+        groups = [dict(g) for g in groups]
+        self.lr_scales = [g.pop("lr_scale", 1.0) for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=0.0, betas=train.betas,
+                                           fused=env.device.type in ("cuda", "cpu"))
+        self.meta = dict(meta or {})
+        self.extras: dict = {}  # the recipe's own state, saved with every checkpoint (e.g. best score)
+        self.step = 0
+        self.checkpoints = Path(run_dir) / "checkpoints"
+        if resume and (self.checkpoints / LATEST).is_file():
+            state, _ = load_checkpoint(self.checkpoints, map_location=env.device)
+            model.load_state_dict(state)
+            train_state = load_train_state(self.checkpoints)
+            self.optimizer.load_state_dict(train_state["optimizer"])
+            self.step = int(train_state["step"])
+            self.extras = dict(train_state.get("extras", {}))
+            log.info("resumed from %s at step %d", resolve(self.checkpoints), self.step)
+        self.ddp = DistributedDataParallel(model) if env.world > 1 else None
+        self.net = torch.compile(self.ddp or model) if train.compile else (self.ddp or model)
+        self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step)
+
+    def train_step(self, batches: Iterator, loss_fn: LossFn) -> tuple[float, float]:
+        """One optimizer step on the next `accum` micro-batches of `batches`.
+
+        -> (loss averaged over micro-batches and processes, this step's lr before group scales)
+        """
+        lr = lr_at(self.step, self.total_steps, self.warmup_steps, self.peak_lr, self.train.min_lr)
+        for group, scale in zip(self.optimizer.param_groups, self.lr_scales):
+            group["lr"] = lr * scale
+        loss_sum = torch.zeros((), device=self.env.device)
+        for micro_step in range(self.accum):
+            batch = next(batches)
+            # DDP all-reduces gradients only on the last micro-step.
+            sync = self.ddp is None or micro_step == self.accum - 1
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+                with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.train.bf16):
+                    loss = loss_fn(self.net, batch, self.step, micro_step)
+                (loss / self.accum).backward()
+            loss_sum += loss.detach()
+        if self.train.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.env.world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        return (loss_sum / self.accum).item(), lr
+
+    def fit(self, data: Callable[[int], torch.utils.data.Dataset], loss_fn: LossFn, max_steps: int | None = None,
+            on_epoch_start: Callable[[int], dict] | None = None,
+            on_epoch_end: Callable[[int], None] | None = None) -> None:
+        """Train to the end of the schedule, or to `max_steps` (which leaves the schedule as it is);
+        a checkpoint is committed every `checkpoint_every` steps and at the stop.
+
+        data(epoch)            dataset whose item k is this process's micro-batch k of the epoch
+        on_epoch_start(epoch)  -> fields for the epoch's log record (a schedule's value, say)
+        on_epoch_end(epoch)    after the epoch's last step, before that step's checkpoint: evaluate,
+                               `log` the metrics, keep the best with `checkpoint("best")`
+        """
+        stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
+        self.model.train()
+        batches, epoch = None, -1
+        while self.step < stop:
+            if self.step // self.steps_per_epoch != epoch:
+                epoch = self.step // self.steps_per_epoch
+                # A resumed run starts mid-epoch at the micro-batch where its step begins.
+                first = (self.step % self.steps_per_epoch) * self.accum
+                batches = iter(torch.utils.data.DataLoader(
+                    torch.utils.data.Subset(data(epoch), range(first, self.steps_per_epoch * self.accum)),
+                    batch_size=None, num_workers=self.train.workers,
+                    pin_memory=self.env.device.type == "cuda", persistent_workers=False))
+                self.logger.epoch(self.step, epoch, on_epoch_start(epoch) if on_epoch_start else {})
+            started = time.perf_counter()
+            loss, lr = self.train_step(batches, loss_fn)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {self.step}; "
+                                         "lower the learning rate or enable clip_grad")
+            self.logger.step(self.step, epoch, loss, lr, self.train.batch_size / (time.perf_counter() - started))
+            if on_epoch_end and self.step % self.steps_per_epoch == 0:
+                on_epoch_end(epoch)
+                self.model.train()  # the hook may have evaluated
+            if self.step % self.train.checkpoint_every == 0 or self.step == stop:
+                self.checkpoint()
+        self.logger.close()
+
+    def log(self, record: dict, prefix: str = "train") -> None:
+        """Append a recipe's record to log.jsonl (rank 0). It needs a `step`; its other numbers
+        (not `epoch`) go to TensorBoard as prefix/name at that step. For example
+        `log(dict(event="validation", step=trainer.step, epoch=epoch, accuracy=acc), prefix="val")`."""
+        self.logger.record(record, prefix)
+
+    def checkpoint(self, name: str | None = None) -> Path:
+        """Save model, optimizer, step and `extras`; every rank calls it, rank 0 writes.
+
+        Unnamed: checkpoints/step-<step>, committed as `latest`, older ones pruned to
+        keep_checkpoints. Named ("best"): kept apart from that rotation; `latest` stays.
+        """
+        path = self.checkpoints / (name or f"step-{self.step:08d}")
+        if self.env.main:
+            train_state = dict(optimizer=self.optimizer.state_dict(), step=self.step)
+            if self.extras:
+                train_state["extras"] = self.extras
+            save_checkpoint(path, self.model.state_dict(),
+                            dict(self.meta, step=self.step, epoch=self.step / self.steps_per_epoch), train_state)
+            if name is None:
+                commit_latest(self.checkpoints, path.name, self.train.keep_checkpoints)
+        self.env.barrier()
+        return path
+
+
+# ------------------------------------------------------------------------------------------
+# Logging
+# ------------------------------------------------------------------------------------------
+
+
+class TrainLogger:
+    """Progress bar, JSON lines (run_dir/log.jsonl) and TensorBoard, on rank 0 only."""
+
+    def __init__(self, run_dir: Path, main: bool, progress: bool, total: int, initial: int):
+        self.main, self.path = main, run_dir / "log.jsonl"
+        self.bar = self.tb = None
+        if not main:
+            return
+        if initial and self.path.is_file():
+            # Drop what was logged after the checkpoint we resume from: those steps run again. Of
+            # the resumed step itself, only the epoch record came after its checkpoint.
+            records = [json.loads(line) for line in self.path.read_text().splitlines()]
+            keep = [r for r in records
+                    if r["step"] < initial or r["step"] == initial and r.get("event") != "epoch"]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=initial or None)
+        except ImportError:
+            log.info("tensorboard not installed; logging to %s only", self.path)
+
+    def record(self, record: dict, prefix: str = "train", tb_step: int | None = None) -> None:
+        """One line of log.jsonl; its numbers but step and epoch to TensorBoard at `tb_step` (default: step)."""
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb:
+            for key, value in record.items():
+                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"] if tb_step is None else tb_step)
+
+    def epoch(self, step: int, epoch: int, fields: dict) -> None:
+        self.record(dict(event="epoch", step=step, epoch=epoch, **fields), tb_step=epoch)
+        if self.main:
+            log.info("epoch %d%s", epoch, "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}"
+                                                  for k, v in fields.items()))
+
+    def step(self, step: int, epoch: int, loss: float, lr: float, samples_per_s: float) -> None:
+        self.record(dict(step=step, epoch=epoch, loss=loss, lr=lr, samples_per_s=samples_per_s))
+        if self.bar:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        """End the bar and TensorBoard; later records still go to log.jsonl."""
+        if self.bar:
+            self.bar.close()
+        if self.tb:
+            self.tb.close()
+        self.bar = self.tb = None
