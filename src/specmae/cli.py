@@ -51,7 +51,8 @@ def pretrain_config(args: argparse.Namespace):
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .training.pretrain import init_distributed, pretrain
+    from .training.engine import init_distributed
+    from .training.pretrain import pretrain
 
     cfg = pretrain_config(args)
     run_dir = Path(args.out)

@@ -18,32 +18,53 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import synth
+from ..audio import FrontendConfig, synth
+from ..audio.normalize import NormStats
 from ..checkpoint import resolve
 from ..config import RunConfig
+from ..files import atomic_write_text
+from ..schema import ConfigError
 from ..masking import HINTED, Masker, hint_ratio
 from ..model.mae import MaskedAutoencoder
-from .data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
+from .data import Corpus, CropBatches, corpus_from_waves, load_corpus, prepare_corpus
 from .engine import Dist, Trainer, param_groups, setup, split_batch
-from .engine import init_distributed  # noqa: F401  (cli.py imports it from here)
 
 log = logging.getLogger(__name__)
 
 
-def open_corpus(cfg: RunConfig, run_dir: Path, env: Dist):
-    """-> (corpus, (mean, std)). Folders are prepared once (by rank 0) into run_dir/corpus."""
+def open_corpus(cfg: RunConfig, run_dir: Path, env: Dist) -> tuple[Corpus, NormStats]:
+    """-> (corpus, its statistics). The built-in corpus is synthesised at the front-end's rate;
+    folders are prepared once (by rank 0) into run_dir/corpus; a prepared corpus must have been
+    made with the run's front-end."""
     train, n_frames = cfg.train, cfg.model.encoder.n_frames
     if train.data is None:
-        waves, labels = synth.make_corpus(train.builtin_clips, seed=train.seed)
+        waves, labels = synth.make_corpus(train.builtin_clips, seed=train.seed, sample_rate=cfg.frontend.sample_rate)
         corpus = corpus_from_waves(waves, cfg.frontend, labels)
         return corpus, corpus.stats(n_frames, seed=train.seed)
     source = Path(train.data)
     if (source / "index.json").is_file():
-        return load_corpus(source)
+        corpus, stats = load_corpus(source)
+        check_corpus_frontend(corpus.frontend, cfg.frontend, source)
+        if stats.per_bin != (cfg.frontend.stats == "per-bin"):  # same log-mel, other kind of statistics
+            corpus.frontend = cfg.frontend
+            stats = corpus.stats(n_frames, seed=train.seed)
+        return corpus, stats
     if env.main:
         prepare_corpus(source, run_dir / "corpus", cfg.frontend, n_frames, workers=train.workers)
     env.barrier()
     return load_corpus(run_dir / "corpus")
+
+
+def check_corpus_frontend(corpus: FrontendConfig, run: FrontendConfig, where: Path) -> None:
+    """A prepared corpus holds log-mel of one front-end: refuse it for a run with another."""
+    mine, theirs = run.to_dict(), corpus.to_dict()
+    differ = [k for k in mine if k != "stats" and mine[k] != theirs[k]]
+    if differ:
+        raise ConfigError(f"{where}: prepared with another front-end than this run's: "
+                          + ", ".join(f"frontend.{k} = {theirs[k]!r} in the corpus, {mine[k]!r} in the run"
+                                      for k in differ)
+                          + "; prepare the audio again with this run's config (specmae prepare SRC --out NEW "
+                            "--config ...), or train on the audio folder itself")
 
 
 @dataclass
@@ -63,17 +84,16 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     env = setup(cfg.train)
     run_dir = Path(run_dir)
     train, enc, m = cfg.train, cfg.model.encoder, cfg.masking
+    cfg.validate()
     micro, accum = split_batch(train, env.world)
-    m.validate(enc.grid)
     if env.main and m.strategy in HINTED and m.hint_ratio is None and m.hint_start_epoch >= train.epochs:
         log.warning("masking %s: the hint schedule starts at epoch %d of a %d-epoch run, so every mask "
                     "is random (hint ratio 1); set masking.hint_start_epoch or masking.hint_ratio",
                     m.strategy, m.hint_start_epoch, train.epochs)
+    corpus, stats = open_corpus(cfg, run_dir, env)
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-
-    corpus, (mean, std) = open_corpus(cfg, run_dir, env)
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
 
     def epoch_data(epoch: int) -> CropBatches:
         return CropBatches(corpus, enc.n_frames, micro, train.seed, epoch, env.rank, env.world)
@@ -82,17 +102,17 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     if steps_per_epoch < 1:
         raise ValueError(f"corpus of {len(corpus)} clips gives no full step of {train.batch_size} samples")
     model = MaskedAutoencoder(cfg.model).to(env.device)
-    meta = dict(model=cfg.model.to_dict(), frontend=cfg.frontend.to_dict(), norm_stats=[mean, std],
+    meta = dict(model=cfg.model.to_dict(), frontend=cfg.frontend.to_dict(), norm_stats=stats.to_json(),
                 masking=m.to_dict(), train=asdict(train))
     trainer = Trainer(model, param_groups(model, train.weight_decay), train, env, steps_per_epoch, run_dir,
                       meta, resume=resume, progress=progress)
     masker = Masker(m, enc.grid, encoder=model.encoder)
-    norm = torch.tensor([mean, std], device=env.device)
+    mean, std = stats.tensors(env.device)  # () global, or (F, 1) per mel bin
     generator = torch.Generator(env.device)
 
     def loss(net: torch.nn.Module, x: torch.Tensor, step: int, micro_step: int) -> torch.Tensor:
         """x: (B, 1, F, T) log-mel crops -> mean reconstruction loss on the masked patches."""
-        x = (x.to(env.device, non_blocking=True) - norm[0]) / norm[1]
+        x = (x.to(env.device, non_blocking=True) - mean) / std
         # Masks depend only on (seed, rank, step, micro-step): resumable without RNG state. They
         # are drawn in full precision, outside the step's bf16 autocast, as an encoder-guided
         # strategy (sgim) scores patches with the model's own fp32 weights.
