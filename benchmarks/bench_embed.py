@@ -1,4 +1,4 @@
-"""Embedding throughput and peak memory of `Embedder.embed` (design.md section 5).
+"""Embedding throughput and peak memory of `Embedder.embed` (docs/architecture.md).
 
     python benchmarks/bench_embed.py                       # ViT-B, 80x208 and 80x512, CPU, fp32 + bf16
     python benchmarks/bench_embed.py --device cuda --batches 1 16 64

@@ -38,7 +38,7 @@ def decoder_table(dim, length, cls):
 
 
 def official_state_dict(n_frames=512, dim=768, depth=2, d_dim=384, d_depth=4, cls=True, patch=(16, 16), seed=0):
-    """Keys and shapes as design.md section 6 documents them (k-bias-zero blocks, no qkv.bias)."""
+    """Keys and shapes as docs/checkpoints.md documents them (k-bias-zero blocks, no qkv.bias)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape: 0.02 * torch.randn(*shape, generator=g)
     pf, pt = patch

@@ -1,4 +1,4 @@
-"""HEAR 2021 API (design.md section 5), as checked by the `hearvalidator` package.
+"""HEAR 2021 API (docs/architecture.md), as checked by the `hearvalidator` package.
 
     model = specmae.hear.load_model("runs/demo")          # checkpoint, run folder, official .pth
     scene = get_scene_embeddings(audio, model)            # audio: (n_sounds, n_samples) at 16 kHz

@@ -1,4 +1,4 @@
-"""Masking strategies for masked spectrogram modelling (design.md section 4).
+"""Masking strategies for masked spectrogram modelling (options: docs/configuration.md).
 
 A strategy maps a batch x: (B, 1, F, T) of normalised log-mel and its patch grid (N_F, N_T)
 to ids_shuffle: (B, L) int64, L = N_F * N_T: per sample, a permutation of patch indices whose

@@ -1,4 +1,4 @@
-"""Figures of a run (design.md section 10): loss curve and masked reconstruction.
+"""Figures of a run: loss curve and masked reconstruction.
 
 matplotlib is an optional dependency (`pip install specmae[plots]`); it is imported here only.
 """

@@ -1,4 +1,4 @@
-"""Import of official MSM-MAE and M2D weights (design.md section 6).
+"""Import of official MSM-MAE and M2D weights (docs/checkpoints.md).
 
 Official MSM-MAE `checkpoint-<epoch>.pth` files (k-bias-zero blocks with q_bias / v_bias,
 optional CLS, 1-D decoder positions) and M2D files (full qkv bias, `norm_stats`, often

@@ -1,4 +1,4 @@
-"""Checkpoints that describe themselves (design.md section 6).
+"""Checkpoints that describe themselves (docs/checkpoints.md).
 
 A checkpoint is a directory:
 

@@ -1,4 +1,4 @@
-"""What the evaluation runner embeds with, and where it keeps the results (design.md section 9).
+"""What the evaluation runner embeds with, and where it keeps the results.
 
     task clips --AudioStore (decoded once, checked before any work)--> waveforms
       --ClipEmbedder: a checkpoint, the same architecture randomly initialised, log-mel stats-->

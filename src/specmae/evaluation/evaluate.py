@@ -1,4 +1,4 @@
-"""Downstream evaluation: a HEAR 2021-style frozen-encoder benchmark (design.md section 9).
+"""Downstream evaluation: a HEAR 2021-style frozen-encoder benchmark (docs/architecture.md).
 
     task (CSV manifest | HEAR task folder) --every row checked, audio decoded--> clips
       --embedders: checkpoint(s), same architecture randomly initialised, log-mel statistics-->

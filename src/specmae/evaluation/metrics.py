@@ -1,4 +1,4 @@
-"""Scene-level metrics of the evaluation protocol, equal to scikit-learn's (design.md section 9).
+"""Scene-level metrics of the evaluation protocol, equal to scikit-learn's.
 
     accuracy (multi-class), mAP (multi-label, macro over classes with positives),
     ROC-AUC (binary; macro one-vs-rest otherwise), and the chance level of each.

@@ -1,4 +1,4 @@
-"""Shallow probes on frozen embeddings, as in the HEAR 2021 kit (design.md section 9).
+"""Shallow probes on frozen embeddings, as in the HEAR 2021 kit.
 
     embeddings (N, D) --standardise on train--> grid of heads x learning rates, trained together
       --early stopping on the validation metric, best epoch restored--> best config --> test scores

@@ -1,4 +1,4 @@
-"""Downstream tasks for evaluation (design.md section 9): CSV manifests and HEAR 2021 task folders.
+"""Downstream tasks for evaluation: CSV manifests and HEAR 2021 task folders.
 
 A CSV manifest has a header with `path` (relative to the manifest's folder), a label column
 (`label`; several labels separated by ';' make a multi-label task) and either `split`

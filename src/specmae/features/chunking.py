@@ -1,4 +1,4 @@
-"""Long log-mels in, frame features out: cutting into encoder-width chunks and back (design.md section 5).
+"""Long log-mels in, frame features out: cutting into encoder-width chunks and back (docs/architecture.md).
 
     normalised log-mel clips [(F, T_i)] --chunks of T frames, the last padded with 0,
       encoded `chunks_per_call` at a time--> tokens (n, [1+]N_F*N_T, D)

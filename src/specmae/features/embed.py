@@ -1,4 +1,4 @@
-"""`specmae embed`: embed every audio file under some paths, resumably (design.md section 5).
+"""`specmae embed`: embed every audio file under some paths, resumably (docs/architecture.md).
 
     specmae embed CKPT audio/ extra.wav --out emb/      one <out>/<relative path>.npz per file
     specmae embed CKPT audio/ --table clips.npz         one table: paths and clip embeddings

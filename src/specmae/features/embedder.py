@@ -1,4 +1,4 @@
-"""Frame and clip features from a frozen encoder, for audio of any length (design.md section 5).
+"""Frame and clip features from a frozen encoder, for audio of any length (docs/architecture.md).
 
     waveform (S,) --LogMelFrontend--> log-mel (F, T_lms) --normalise--> T-frame chunks
       --encoder on all patches--> frame features (ceil(T_lms / p_t), N_F*D) --time mean--> clip (N_F*D,)

@@ -1,4 +1,4 @@
-"""Masked autoencoder objective wrapped around a standalone `Encoder` (design.md section 3).
+"""Masked autoencoder objective wrapped around a standalone `Encoder` (docs/architecture.md).
 
 forward_encoder / forward_decoder / forward_loss follow the official MSM-MAE code step by
 step, so that its checkpoints reproduce their original outputs.

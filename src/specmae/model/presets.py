@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from ..schema import from_dict, to_dict
 
-# Presets of the MSM-MAE paper (design.md section 3). Other names of the same form also
-# parse, provided the patch divides the input.
+# Presets of the MSM-MAE paper. Other names of the same form also parse, provided the
+# patch divides the input (docs/configuration.md).
 INPUT_PRESETS = (
     "80x96p16x16", "80x208p16x16", "80x304p16x16", "80x400p16x16", "80x512p16x16",
     "80x200p16x8", "80x200p16x4", "80x208p8x16", "80x304p80x4",

@@ -1,4 +1,4 @@
-"""Vision-Transformer encoder over log-mel spectrograms (design.md section 3).
+"""Vision-Transformer encoder over log-mel spectrograms (docs/architecture.md).
 
 Module and parameter names follow the official MSM-MAE / MAE code (patch_embed.proj,
 blocks.{i}.attn.qkv, norm1, mlp.fc1 ...) so that importing official weights is a

@@ -1,4 +1,4 @@
-"""Pre-training data: log-mel corpora on disk and deterministic random crops (design.md section 7).
+"""Pre-training data: log-mel corpora on disk and deterministic random crops (docs/architecture.md).
 
 A prepared corpus is a folder:
 
