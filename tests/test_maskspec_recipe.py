@@ -74,7 +74,7 @@ def test_embed_evaluate_hear_and_export_at_32_khz(maskspec_run, tmp_path):
         assert f["clip"].shape == (384,)
 
     model = hear.load_model(str(run))
-    audio = torch.from_numpy(np.stack([wave[:32000], wave[32000:64000]]))
+    audio = torch.from_numpy(np.stack([wave[:24000], wave[24000:]]))  # 0.75 s each at 32 kHz
     assert hear.get_scene_embeddings(audio, model).shape == (2, 384)
     frames, stamps = hear.get_timestamp_embeddings(audio, model)
     assert frames.shape[:2] == stamps.shape and float(stamps[0, 1] - stamps[0, 0]) == pytest.approx(160.0)

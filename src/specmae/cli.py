@@ -56,10 +56,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     cfg = pretrain_config(args)
     run_dir = Path(args.out)
-    try:
-        ckpt = pretrain(cfg, run_dir, resume=args.resume, progress=not args.quiet).checkpoint
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"specmae pretrain: {e}") from e
+    ckpt = pretrain(cfg, run_dir, resume=args.resume, progress=not args.quiet).checkpoint
     if init_distributed().main:
         print(f"checkpoint: {ckpt}")
         if not args.no_report:
@@ -116,14 +113,11 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from .features.embed import embed_files
     from .features import load
 
-    try:
-        embedder = load(args.checkpoint, args.device, chunks_per_call=args.chunks_per_call, compile=args.compile)
-        summary = embed_files(embedder, args.inputs, args.out, args.table, checkpoint=args.checkpoint,
-                              batch_seconds=args.batch_seconds, workers=args.workers, overwrite=args.overwrite,
-                              progress=not args.quiet, layers=args.layers, layer_mode=args.layer_mode,
-                              precision=args.precision)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"specmae embed: {e}") from e
+    embedder = load(args.checkpoint, args.device, chunks_per_call=args.chunks_per_call, compile=args.compile)
+    summary = embed_files(embedder, args.inputs, args.out, args.table, checkpoint=args.checkpoint,
+                          batch_seconds=args.batch_seconds, workers=args.workers, overwrite=args.overwrite,
+                          progress=not args.quiet, layers=args.layers, layer_mode=args.layer_mode,
+                          precision=args.precision)
     print(f"embedded {summary.embedded} files ({summary.seconds_of_audio:.1f} s of audio), "
           f"skipped {summary.skipped} already done, failed {len(summary.failed)}")
     for name, reason in summary.failed:
@@ -135,13 +129,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from .checkpoint.official import convert_official
 
-    try:
-        out, report = convert_official(args.source, args.out, preset=args.preset, heads=args.heads,
-                                       decoder_heads=args.decoder_heads, norm_stats=args.norm_stats,
-                                       norm_pix_loss=args.norm_pix_loss,
-                                       official_no_cls_quirk=args.official_no_cls_quirk)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"specmae convert: {e}") from e
+    out, report = convert_official(args.source, args.out, preset=args.preset, heads=args.heads,
+                                   decoder_heads=args.decoder_heads, norm_stats=args.norm_stats,
+                                   norm_pix_loss=args.norm_pix_loss,
+                                   official_no_cls_quirk=args.official_no_cls_quirk)
     print(report)
     print(f"checkpoint: {out}")
 
@@ -151,10 +142,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     out = args.out or str(Path(args.checkpoint).name) + {"torchscript": ".pt", "exported": ".pt2",
                                                           "onnx": ".onnx"}[args.format]
-    try:
-        path = export(args.checkpoint, out, args.format)
-    except (ValueError, RuntimeError) as e:
-        raise SystemExit(f"specmae export: {e}") from e
+    path = export(args.checkpoint, out, args.format)
     print(f"exported encoder ({args.format}, input: un-normalised log-mel chunks): {path}")
 
 

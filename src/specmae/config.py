@@ -59,8 +59,6 @@ class TrainConfig:
         positive("train.clip_grad", self.clip_grad, allow_none=True)
         for name in ("warmup_epochs", "min_lr", "weight_decay", "workers", "seed"):
             non_negative(f"train.{name}", getattr(self, name))
-        if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"train.warmup_epochs: {self.warmup_epochs} is more than train.epochs = {self.epochs}")
         if self.min_lr > self.blr * self.batch_size / 256:
             raise ConfigError(f"train.min_lr: {self.min_lr} is above the peak lr blr * batch_size / 256 = "
                               f"{self.blr * self.batch_size / 256:g}")
