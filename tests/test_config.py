@@ -143,3 +143,24 @@ def test_norm_stats_per_bin_broadcast_over_frequency():
     assert NormStats.parse([-7.1, 4.2]).to_json() == [-7.1, 4.2]
     with pytest.raises(ConfigError, match="positive stds"):
         NormStats((0.0,), (0.0,))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_honour_the_umask(tmp_path, umask):
+    import os
+
+    from specmae.files import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.json", "{}")
+        ck = checkpoint.load(FIXTURES / "checkpoint-v0.1")
+        path = checkpoint.save_checkpoint(tmp_path / "ck", ck.model.state_dict(), ck.to_json(), {"step": 5})
+        checkpoint.commit_latest(tmp_path, "ck")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "latest").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert path.stat().st_mode & 0o777 == 0o777 & ~umask
+    for f in path.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name

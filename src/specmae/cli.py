@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="pre-train a masked autoencoder (under torchrun for many processes)")
     p.add_argument("data", nargs="?", help="audio folder (recursive) or prepared corpus; default: built-in corpus")
     p.add_argument("--out", default="runs/pretrain", help="run folder (checkpoints, logs, figures)")
-    p.add_argument("--config", help="YAML file or built-in config name (demo, msm-mae)")
+    p.add_argument("--config", help="YAML file or built-in config name (demo, msm-mae, maskspec, maskspec-demo)")
     p.add_argument("--preset", help="input/patch preset, e.g. 80x208p16x16")
     p.add_argument("--size", help="encoder size: tiny, small, base, large")
     p.add_argument("--decoder", help="decoder size: msm-mae, maskspec")

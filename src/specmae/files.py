@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -21,12 +22,28 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """`mode` as the process's umask lets a newly created file (0o666) or folder (0o777) have it.
+
+    Temporary files and folders are created private (0o600 / 0o700); outputs are chmodded to
+    this before they are renamed into place, so they are shared like any file the user creates.
+    """
+    with _UMASK_LOCK:  # reading the umask means setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mode & ~mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

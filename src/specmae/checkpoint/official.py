@@ -201,7 +201,7 @@ def load_official(path: str | os.PathLike, *, preset: str | None = None, heads: 
     The config records where the weights came from under `imported`. Normalisation statistics:
     `norm_stats`, else the file's (M2D), else AudioSet's (-7.1, 4.2), as the official runtime.
     """
-    from ..model.mae import MaskedAutoencoder
+    from ..model.mae import build_mae
     from ..masking import MaskingConfig
 
     path = Path(path)
@@ -216,9 +216,7 @@ def load_official(path: str | os.PathLike, *, preset: str | None = None, heads: 
     else:
         stats, source = list(AUDIOSET_NORM_STATS), "AudioSet default: the file has none"
     keep = state if has_decoder else {k: v for k, v in state.items() if k.startswith(ENCODER_KEYS) or k == "pos_embed"}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MaskedAutoencoder(cfg)
+    model = build_mae(cfg, seed=0)  # the decoder stays at this init when the file has none
     mapped = from_official_state_dict(keep, model, missing_ok=() if has_decoder else DECODER_KEYS)
     model.load_state_dict({**model.state_dict(), **mapped}, strict=True)
     digest = hashlib.sha256()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..files import atomic_write_text, fsync_dir
+from ..files import atomic_write_text, fsync_dir, umask_mode
 
 FORMAT = "specmae-checkpoint"
 VERSION = 1
@@ -43,13 +43,14 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is shared like any output
+        tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private; a checkpoint is shared like any output
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "version": VERSION, **config}, indent=1))
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
         for f in tmp.iterdir():
+            f.chmod(umask_mode())
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
