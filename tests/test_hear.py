@@ -7,7 +7,6 @@ import torch
 
 from conftest import GOLDEN_MODELS, golden_import_options, golden_model_config
 from specmae import hear
-from specmae.model.presets import ModelConfig
 from test_features import tiny_checkpoint
 
 ACCEPTABLE_SAMPLE_RATES = [16000, 22050, 44100, 48000]
@@ -103,7 +102,7 @@ def test_official_modes_reproduce_the_official_wrapper(golden, folder):
     runtime's get_timestamp_embeddings and get_scene_embeddings for every golden input."""
     model = hear.load_model(str(golden / folder / "checkpoint-0.pth"), normalization="batch",
                             timestamps="official", **golden_import_options(folder))
-    assert ModelConfig.from_dict(model.config["model"]) == golden_model_config(folder)
+    assert model.embedder.checkpoint.config.model == golden_model_config(folder)
     for suffix in ["", "_len16000", "_len33120", "_len81760"]:
         expected = lambda name: np.load(golden / folder / f"{name}{suffix}.npy")
         waves = torch.from_numpy(np.load(golden / f"waves{suffix}.npy"))

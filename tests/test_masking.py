@@ -299,7 +299,7 @@ def test_bad_inputs_and_config_round_trip():
         Masker(MaskingConfig(ratio=0.9), (2, 3))
     with pytest.raises(ValueError, match="divisible"):
         make_masker("dwm", (5, 13))(torch.randn(2, 1, 80, 200), gen())
-    with pytest.raises(ValueError, match="unknown masking fields"):
+    with pytest.raises(ValueError, match="masking: unknown field mask_ratio"):
         MaskingConfig.from_dict({"strategy": "dwm", "mask_ratio": 0.5})
     cfg = MaskingConfig("dwm", 0.6, "var", True, 0.25, 10, 3.0)
     assert MaskingConfig.from_dict(cfg.to_dict()) == cfg

@@ -196,7 +196,7 @@ def test_impossible_run_configs_fail_at_start(tmp_path):
     with pytest.raises(ValueError, match=r"must be in \(0, 1\)"):
         pretrain(cfg, tmp_path, progress=False)
     cfg = tiny_run(batch_size=10, micro_batch=4)
-    with pytest.raises(ValueError, match="not a multiple"):
+    with pytest.raises(ValueError, match="micro_batch: 4 does not divide train.batch_size = 10"):
         pretrain(cfg, tmp_path, progress=False)
     cfg = tiny_run()
     cfg.masking.strategy = "checkerboard"
