@@ -14,6 +14,7 @@ Errors are `ConfigError` and name the dotted path of the field, the value and wh
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -69,7 +70,6 @@ def from_dict(klass: type[T], data: Any, where: str = "") -> T:
 
 
 def _takes_no_arguments(fn) -> bool:
-    import inspect
     return all(p.default is not inspect.Parameter.empty for p in inspect.signature(fn).parameters.values())
 
 

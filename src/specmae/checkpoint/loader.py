@@ -22,7 +22,9 @@ import torch
 
 from ..audio.normalize import NormStats
 from ..config import RunConfig
+from ..model.mae import MaskedAutoencoder
 from ..schema import ConfigError
+from . import official
 from .store import CONFIG, CheckpointError, load_checkpoint, read_config, resolve
 
 # Entries of config.json besides the run config's sections.
@@ -78,8 +80,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", **official
     """A specmae checkpoint, run folder or official weights file -> Checkpoint with its model
     (eval mode, on `device`). `official_options` (preset, heads, norm_stats, ...) apply to
     official files only; see official.load_official."""
-    from . import official
-
     if official.is_foreign_weights(path):
         model, raw = official.load_official(path, **official_options)
         ck = parse_config(raw, path)
@@ -92,7 +92,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", **official
     state, raw = load_checkpoint(folder, map_location=device)
     ck = parse_config(raw, folder / CONFIG)
     ck.path = folder
-    from ..model.mae import MaskedAutoencoder
     model = MaskedAutoencoder(ck.config.model)
     try:
         model.load_state_dict(state, strict=True)
