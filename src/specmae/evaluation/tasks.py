@@ -9,12 +9,15 @@ labelvocabulary.csv, one <split>.json label file per split or fold, and audio un
 <sample_rate>/<split>/.
 
 Every row is checked before anything is embedded: missing files, labels or split values that
-make no sense are all reported at once, by row.
+make no sense are all reported at once, by row. A task with a single class, or with a test clip
+that is also a train or valid clip (same file, or same samples), is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -98,6 +101,12 @@ class Task:
             empty = [self.classes[i] for i in np.flatnonzero(counts == 0)]
             raise TaskError(f"task {self.name} ({self.source}): empty class{'es' * (len(empty) > 1)} "
                             f"{empty[:10]}: declared but no clip carries {'them' if len(empty) > 1 else 'it'}")
+        if not self.labels:
+            raise TaskError(f"task {self.name} ({self.source}): no clips")
+        if len(set(self.labels)) < 2:
+            raise TaskError(f"task {self.name} ({self.source}): every clip carries the same label"
+                            f"{'s' * (len(self.labels[0]) != 1)} {list(self.labels[0])}: any probe scores 100 % on "
+                            "a single-class task, whatever the features; it needs at least two classes")
         if self.kind == "binary" and len(self.classes) != 2:
             raise TaskError(f"task {self.name}: a binary task needs exactly 2 classes, found "
                             f"{len(self.classes)}: {self.classes[:10]}")
@@ -122,6 +131,15 @@ class Task:
         return cls(name, kind, metric or DEFAULT_METRIC[kind], classes, labels, groups, folds,
                    [f"clip {i}" for i in range(len(labels))], f"<{name}: in memory>",
                    waves=[np.asarray(w, np.float32) for w in waves], sample_rate=sample_rate)
+
+    @functools.cached_property
+    def identities(self) -> list | None:
+        """Per clip, what makes two clips the same audio: the file (device and inode, so symlinks,
+        hard links and other spellings of one path agree) or a digest of the samples."""
+        if self.waves is not None:
+            return [(w.shape, str(w.dtype), hashlib.blake2b(np.ascontiguousarray(w).tobytes()).hexdigest())
+                    for w in self.waves]
+        return [_file_identity(p) for p in self.paths] if self.paths is not None else None
 
     def targets(self) -> np.ndarray:
         """(N,) class indices, or (N, C) 0/1 for multi-label tasks."""
@@ -186,12 +204,30 @@ class Task:
         valid = np.sort(np.array(valid, np.int64))
         return np.setdiff1d(idx, valid), valid
 
+    def _check_disjoint(self, s: Split, where: str) -> None:
+        """No test clip is also a train or valid clip: a probe scored on clips it was fitted or
+        early-stopped on measures memory, not the features."""
+        ids = self.identities
+        if ids is None:
+            return
+        test = {ids[i]: i for i in s.test}
+        shared = [(test[ids[j]], j) for j in np.concatenate([s.train, s.valid]) if ids[j] in test]
+        if shared:
+            n = len({t for t, _ in shared})
+            listed = ", ".join(f"{self.refs[t]} = {self.refs[j]}" for t, j in shared[:3])
+            more = f" and {len(shared) - 3} more" if len(shared) > 3 else ""
+            raise TaskError(f"{where}: {n} test clip{'s' * (n > 1)} {'are' if n > 1 else 'is'} also in train or "
+                            f"valid (same {'audio' if self.waves is not None else 'file'}: {listed}{more}); "
+                            "a score on clips the probe trained on says nothing about the features")
+
     def check_split(self, s: Split) -> None:
-        """Every part non-empty, no test class unseen in training, the metric defined on valid and test."""
+        """Every part non-empty, no clip both in test and in train or valid, no test class unseen
+        in training, the metric defined on valid and test."""
         where = f"task {self.name} ({self.source}), {'fold ' + s.name if self.folds else 'split'}"
         for part in ("train", "valid", "test"):
             if len(getattr(s, part)) < (2 if part == "train" else 1):
                 raise TaskError(f"{where}: the {part} part has {len(getattr(s, part))} clips")
+        self._check_disjoint(s, where)
         y = self.targets()
         seen = (y[s.train].sum(0) > 0) if y.ndim == 2 else np.isin(np.arange(len(self.classes)), y[s.train])
         tested = (y[s.test].sum(0) > 0) if y.ndim == 2 else np.isin(np.arange(len(self.classes)), y[s.test])
@@ -207,6 +243,14 @@ class Task:
                 score(self.metric, y[idx], np.full((len(idx), len(self.classes)), 1.0 / len(self.classes)))
             except ValueError as e:
                 raise TaskError(f"{where}: {self.metric} cannot be computed on the {part} part ({e})") from e
+
+
+def _file_identity(path: Path) -> tuple | str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return str(Path(path).resolve())
+    return (st.st_dev, st.st_ino)
 
 
 def _task_name(default: str, name: str | None) -> str:
