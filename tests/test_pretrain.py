@@ -115,6 +115,34 @@ def test_resume_continues_exactly(tmp_path):
     assert steps == list(range(1, full.step + 1))
 
 
+def test_resume_past_a_damaged_checkpoint_still_continues_exactly(tmp_path, caplog):
+    full = pretrain(tiny_run(), tmp_path / "full", progress=False)
+    pretrain(tiny_run(), tmp_path / "cut", progress=False, max_steps=8)  # checkpoints at steps 4 and 8
+    weights = tmp_path / "cut" / "checkpoints" / "step-00000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    resumed = pretrain(tiny_run(), tmp_path / "cut", resume=True, progress=False)
+    assert "skipping checkpoint" in caplog.text and "step-00000008" in caplog.text
+    assert "step-00000004, the newest checkpoint that loads" in caplog.text
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+             if "loss" in l]
+    assert steps == list(range(1, full.step + 1))
+
+
+def test_a_run_is_never_trained_over_without_resume_or_overwrite(tmp_path):
+    from specmae.files import OutputError
+    pretrain(tiny_run(), tmp_path / "run", progress=False, max_steps=4)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(OutputError, match="already holds a run .checkpoints up to step-00000004.*--resume"):
+        pretrain(tiny_run(), tmp_path / "run", progress=False)
+    changed = tiny_run()
+    changed.model.encoder.depth = 3
+    with pytest.raises(ValueError, match="model.encoder.depth: 2 in the run, 3 now"):
+        pretrain(changed, tmp_path / "run", resume=True, progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
 def _cli(*args):
     return [sys.executable, "-m", "specmae.cli", *args]
 

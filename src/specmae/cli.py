@@ -15,12 +15,15 @@ log = logging.getLogger("specmae")
 
 
 def pretrain_config(args: argparse.Namespace):
-    """Defaults <- --config file <- named flags <- --set key=value, validated as a whole."""
+    """Defaults <- --config file <- named flags <- --set key=value, validated as a whole. A resumed
+    run starts from its own config.json, so only the options given are checked against it."""
     from .config import compose, parse_set, read_config_file, set_path
     from .model.presets import DECODER_SIZES, ENCODER_SIZES, parse_preset
     from .schema import ConfigError
 
     layers = [read_config_file(args.config)] if args.config else []
+    if args.resume:
+        layers.insert(0, run_config(Path(args.out)))
     # --preset, --size and --decoder set only the fields they name, over the config file's.
     flags: dict = {}
     if args.preset:
@@ -50,13 +53,30 @@ def pretrain_config(args: argparse.Namespace):
     return compose(layers + [named, overrides]).validate()
 
 
+def run_config(run_dir: Path) -> dict:
+    """The config of the run in `run_dir` (its config.json, else its latest checkpoint's), or {}.
+    Whatever is unreadable here, pretrain() reports once it has checked the whole run."""
+    from .checkpoint import CheckpointError, read
+
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+        if isinstance(stored, dict):
+            return stored
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    try:
+        return read(run_dir).config.to_dict()
+    except (CheckpointError, OSError):
+        return {}
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from .training.engine import init_distributed
     from .training.pretrain import pretrain
 
     cfg = pretrain_config(args)
     run_dir = Path(args.out)
-    ckpt = pretrain(cfg, run_dir, resume=args.resume, progress=not args.quiet).checkpoint
+    ckpt = pretrain(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet).checkpoint
     if init_distributed().main:
         print(f"checkpoint: {ckpt}")
         if not args.no_report:
@@ -97,12 +117,16 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from .config import compose, parse_set, read_config_file, set_path
+    from .files import OutputError, check_output, is_empty_folder
     from .training.data import prepare_corpus
 
     overrides: dict = {}
     for item in args.set or []:
         set_path(overrides, *parse_set(item))
     cfg = compose(([read_config_file(args.config)] if args.config else []) + [overrides]).validate()
+    out = check_output(args.out, "folder", "prepared corpus")
+    if out.is_dir() and not is_empty_folder(out) and not (out / "index.json").is_file():
+        raise OutputError(f"{out}: not empty and not a prepared corpus (no index.json); choose a new or empty folder")
     frames = args.frames or cfg.model.encoder.n_frames
     out = prepare_corpus(args.source, args.out, cfg.frontend, frames, workers=args.workers)
     print(f"prepared corpus: {out} ({cfg.frontend.kind} front-end, {cfg.frontend.sample_rate} Hz, "
@@ -110,11 +134,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from .features.embed import embed_files
+    from .features.embed import check_target, embed_files, find_audio
     from .features import load
 
+    check_target(args.out, args.table)
+    files = find_audio(args.inputs)
     embedder = load(args.checkpoint, args.device, chunks_per_call=args.chunks_per_call, compile=args.compile)
-    summary = embed_files(embedder, args.inputs, args.out, args.table, checkpoint=args.checkpoint,
+    summary = embed_files(embedder, args.inputs, args.out, args.table, checkpoint=args.checkpoint, files=files,
                           batch_seconds=args.batch_seconds, workers=args.workers, overwrite=args.overwrite,
                           progress=not args.quiet, layers=args.layers, layer_mode=args.layer_mode,
                           precision=args.precision)
@@ -129,7 +155,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from .checkpoint.official import convert_official
 
-    out, report = convert_official(args.source, args.out, preset=args.preset, heads=args.heads,
+    out, report = convert_official(args.source, args.out, overwrite=args.overwrite, preset=args.preset, heads=args.heads,
                                    decoder_heads=args.decoder_heads, norm_stats=args.norm_stats,
                                    norm_pix_loss=args.norm_pix_loss,
                                    official_no_cls_quirk=args.official_no_cls_quirk)
@@ -139,11 +165,42 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from .features.export import export
+    from .files import OutputError, check_output, move_aside
 
-    out = args.out or str(Path(args.checkpoint).name) + {"torchscript": ".pt", "exported": ".pt2",
-                                                          "onnx": ".onnx"}[args.format]
-    path = export(args.checkpoint, out, args.format)
+    out = check_output(args.out or Path(args.checkpoint).resolve().name + {
+        "torchscript": ".pt", "exported": ".pt2", "onnx": ".onnx"}[args.format], "file", "exported encoder")
+    if not os.path.lexists(out):
+        path = export(args.checkpoint, out, args.format)
+    elif not args.overwrite:
+        raise OutputError(f"{out}: already exists; choose another --out, or pass --overwrite to move it aside "
+                          "(nothing is deleted)")
+    else:  # the old file is moved aside only once the new one is complete
+        staged = out.with_name(f".{out.stem}.new{out.suffix}")
+        try:
+            export(args.checkpoint, staged, args.format)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        log.warning("moved the existing %s aside to %s (--overwrite)", out, move_aside(out))
+        os.replace(staged, out)
+        path = out
     print(f"exported encoder ({args.format}, input: un-normalised log-mel chunks): {path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluation.evaluate import run_evaluate_command
+    from .files import OutputError, check_output, is_empty_folder
+
+    # A re-run into an evaluation folder reuses its embedding cache and replaces its report; a
+    # folder holding anything else is not written into.
+    for tokens in args.task:
+        if not os.path.lexists(tokens[0]):
+            raise FileNotFoundError(f"--task {tokens[0]}: no such file or folder")
+    out = check_output(args.out, "folder", "evaluation report")
+    if out.is_dir() and not is_empty_folder(out) and not any((out / n).exists() for n in ("report.json", "cache")):
+        raise OutputError(f"{out}: not empty and not the output of specmae evaluate (no report.json or cache/); "
+                          "choose a new or empty folder")
+    run_evaluate_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="data-loading processes per rank")
     p.add_argument("--checkpoint-every", type=int, help="optimizer steps between checkpoints")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. model.encoder.depth=6")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest good checkpoint, with its configuration")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in --out: an existing run there is moved aside to <out>.old-<time>, not deleted")
     p.add_argument("--no-report", action="store_true", help="skip the figures and probe after training")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
@@ -203,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the encoder (about 20 s once; faster on long jobs, bf16 most)")
     p.add_argument("--workers", type=int, default=4, help="decoding threads")
-    p.add_argument("--overwrite", action="store_true", help="redo files already embedded")
+    p.add_argument("--overwrite", action="store_true",
+                   help="embed everything again: an existing output is moved aside to <name>.old-<time>, not deleted")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
 
@@ -218,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-pix-loss", action="store_true", help="the model was trained with per-patch targets")
     p.add_argument("--official-no-cls-quirk", action="store_true",
                    help="reproduce the official decoder's dropped token (no-CLS models, reconstructions)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="an existing OUT is moved aside to <out>.old-<time>, not deleted")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="export the encoder (log-mel chunks -> frame features, no front-end)")
@@ -225,12 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: <checkpoint name>.pt / .pt2 / .onnx)")
     p.add_argument("--format", choices=["exported", "torchscript", "onnx"], default="exported",
                    help="exported: torch.export .pt2 (default); torchscript: .pt; onnx: needs onnx + onnxscript")
+    p.add_argument("--overwrite", action="store_true",
+                   help="an existing output file is moved aside to <name>.old-<time>, not deleted")
     p.set_defaults(func=cmd_export)
 
-    from .evaluation.evaluate import add_evaluate_arguments, run_evaluate_command
+    from .evaluation.evaluate import add_evaluate_arguments
     p = sub.add_parser("evaluate", help="score checkpoints on labelled tasks with HEAR-style frozen-encoder probes")
     add_evaluate_arguments(p)
-    p.set_defaults(func=run_evaluate_command)
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -250,6 +315,14 @@ def main(argv: list[str] | None = None) -> None:
         message = f"specmae {args.command}: {' '.join(str(e).split()) or type(e).__name__}"
         print(message, file=sys.stderr)
         raise UserError(message) from e
+    except SystemExit as e:
+        # A command that stops with a message (SystemExit("specmae evaluate: ...")) reports a user
+        # error too: the same one line and status as the errors above.
+        if isinstance(e, UserError) or not isinstance(e.code, str):
+            raise
+        message = " ".join(e.code.split())
+        print(message, file=sys.stderr)
+        raise UserError(message) from e
 
 
 class UserError(SystemExit):
@@ -267,7 +340,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .audio import AudioError
     from .checkpoint import CheckpointError
     from .schema import ConfigError
-    return (ConfigError, AudioError, CheckpointError, ValueError, OSError)
+    # FloatingPointError: a loss that became NaN, with its advice (learning rate, clipping).
+    return (ConfigError, AudioError, CheckpointError, ValueError, OSError, FloatingPointError)
 
 
 EXPECTED_ERRORS = _expected_errors()

@@ -1,8 +1,12 @@
-"""Writing outputs safely: atomic files and PNG figures.
+"""Writing outputs safely: atomic files, PNG figures, and never destroying what a user has.
 
 Every file specmae writes (checkpoints, pointers, logs rewritten on resume, embeddings,
 reports, figures) goes through here: it is written under a temporary name in the same folder,
 fsynced and renamed, so a reader or a crash sees either the old file or the whole new one.
+
+A command refuses an output path that already holds something it did not make (an
+`OutputError`, before any work); with `--overwrite` the old output is moved aside
+(`move_aside`), never deleted.
 """
 
 from __future__ import annotations
@@ -11,7 +15,12 @@ import io
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
+
+
+class OutputError(ValueError):
+    """An output path that would overwrite or destroy what is there; the message says how to proceed."""
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -68,3 +77,46 @@ def save_png(fig, path: str | os.PathLike, tight: bool = True) -> Path:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def move_aside(path: str | os.PathLike) -> Path:
+    """Rename `path` (a file or a folder) to `<name>.old-<YYYYmmdd-HHMMSS>` beside it -> the new path.
+
+    Nothing is deleted: `--overwrite` keeps the old output under that name. A name already
+    taken gets a counter (`.old-20250101-120000-2`).
+    """
+    path = Path(path).absolute()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while True:
+        target = path.with_name(f"{path.name}.old-{stamp}" + (f"-{n}" if n > 1 else ""))
+        if not os.path.lexists(target):
+            break
+        n += 1
+    os.rename(path, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def is_empty_folder(path: str | os.PathLike) -> bool:
+    """A folder holding no files at all (empty sub-folders only): nothing there to lose."""
+    return Path(path).is_dir() and not any(not p.is_dir() or p.is_symlink() for p in Path(path).rglob("*"))
+
+
+def check_output(path: str | os.PathLike, kind: str, what: str = "output") -> Path:
+    """Refuse, before any work, an output `path` of the wrong kind ("file", "folder" or "any").
+
+    A folder named where a file is expected (or the reverse), or a parent that is a file, is an
+    OutputError naming the path. Whether an existing output may be reused is the caller's rule.
+    """
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: is a file, expected a folder for the {what}")
+    if kind == "file" and path.is_dir():
+        raise OutputError(f"{path}: is a folder, expected a file name for the {what}")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: {parent} is a file, not a folder")
+            break
+    return path

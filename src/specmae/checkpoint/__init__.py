@@ -6,11 +6,11 @@
 """
 
 from .loader import Checkpoint, load, read
-from .store import (CONFIG, FORMAT, LATEST, TRAIN_STATE, VERSION, WEIGHTS, CheckpointError, commit_latest,
+from .store import (CONFIG, FORMAT, LATEST, TRAIN_STATE, VERSION, WEIGHTS, CheckpointError, commit_latest, identity,
                     load_checkpoint, load_train_state, read_config, resolve, save_checkpoint)
 
 __all__ = ["CONFIG", "FORMAT", "LATEST", "TRAIN_STATE", "VERSION", "WEIGHTS", "Checkpoint", "CheckpointError",
-           "commit_latest", "load", "load_checkpoint", "load_model", "load_train_state", "read", "read_config",
+           "commit_latest", "identity", "load", "load_checkpoint", "load_model", "load_train_state", "read", "read_config",
            "resolve", "save_checkpoint"]
 
 

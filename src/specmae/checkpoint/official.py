@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import logging
 import os
 import pickle
 import re
@@ -19,7 +20,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..files import OutputError, check_output, is_empty_folder, move_aside
 from .store import CheckpointError, save_checkpoint
+
+log = logging.getLogger(__name__)
 
 ENCODER_KEYS = ("cls_token", "patch_embed.", "blocks.", "norm.")
 FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
@@ -77,6 +81,8 @@ def read_foreign_weights(path: str | os.PathLike) -> tuple[dict, dict]:
     official training checkpoints); a file holding anything else is refused, never executed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, expected an official weights file ({', '.join(WEIGHT_SUFFIXES)})")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
@@ -251,7 +257,20 @@ def import_report(config: dict) -> str:
     return "\n".join(lines)
 
 
-def convert_official(src: str | os.PathLike, dst: str | os.PathLike, **options) -> tuple[Path, str]:
-    """Write official weights `src` as a specmae checkpoint `dst` -> (dst, report). See load_official."""
+def convert_official(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False,
+                     **options) -> tuple[Path, str]:
+    """Write official weights `src` as a specmae checkpoint `dst` -> (dst, report). See load_official.
+
+    An existing `dst` (but an empty folder) is refused before any work; with `overwrite` it is
+    moved aside to `<dst>.old-<YYYYmmdd-HHMMSS>` once the conversion has succeeded, never deleted.
+    """
+    dst = check_output(dst, "any")
+    taken = os.path.lexists(dst) and not is_empty_folder(dst)
+    if taken and not overwrite:
+        raise OutputError(f"{dst}: already exists ({'a folder' if dst.is_dir() else 'a file'}); choose a new folder "
+                          "for the converted checkpoint, or pass --overwrite to move the existing one aside "
+                          "(nothing is deleted)")
     model, config = load_official(src, **options)
+    if taken:
+        log.warning("moved the existing %s aside to %s (--overwrite)", dst, move_aside(dst))
     return save_checkpoint(dst, model.state_dict(), config), import_report(config)

@@ -13,8 +13,10 @@ pointer file that is replaced atomically after each new one is complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -76,7 +78,7 @@ def resolve(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path}: no such checkpoint")
     for pointer in (path / LATEST, path / "checkpoints" / LATEST):
         if pointer.is_file():
-            return pointer.parent / pointer.read_text().strip()
+            return pointer.parent / read_latest(pointer)
     if path.is_file() and path.name == CONFIG:
         path = path.parent
     if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
@@ -86,12 +88,26 @@ def resolve(path: str | os.PathLike) -> Path:
     return path
 
 
+def read_latest(pointer: Path) -> str:
+    """The checkpoint name a `latest` pointer holds; it must name a checkpoint folder beside it."""
+    try:
+        name = pointer.read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{pointer}: unreadable pointer ({e})") from e
+    if not name or name != Path(name).name or name.startswith(".") or not (pointer.parent / name).is_dir():
+        raise CheckpointError(f"{pointer}: names {name[:80]!r}, which is not a checkpoint folder beside it")
+    return name
+
+
 def read_config(path: str | os.PathLike) -> dict:
     path = resolve(path)
     try:
         config = json.loads((path / CONFIG).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path / CONFIG}: unreadable checkpoint config ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path / CONFIG}: not a specmae checkpoint config (a JSON {type(config).__name__}, "
+                              "expected an object)")
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{path / CONFIG}: not a specmae checkpoint config (format={config.get('format')!r})")
     return config
@@ -109,10 +125,38 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def load_train_state(path: str | os.PathLike) -> dict:
+    """train_state.pt (optimizer state, step, a recipe's extras); tensors and plain containers only."""
     path = resolve(path) / TRAIN_STATE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing training state; this checkpoint cannot resume training")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch, zipfile and pickle raise many types for truncated or foreign files
+        detail = ("not a torch file, or one holding Python objects" if isinstance(e, pickle.UnpicklingError)
+                  else str(e).split(". ")[0].strip()[:160] or type(e).__name__)
+        raise CheckpointError(f"{path}: unreadable training state, truncated or damaged ({detail})") from e
+    if not isinstance(state, dict) or isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: not a training state (expected a dict with an integer step)")
+    return state
+
+
+def identity(path: str | os.PathLike) -> dict:
+    """What a checkpoint is, by content: its folder, and the SHA-256 of its config.json and weights.
+
+    Outputs made from a checkpoint record this, so that a later run can tell whether it is the
+    same model (the folder of a run's `latest` moves on as it trains; a copy elsewhere is the same).
+    """
+    path = resolve(path)
+    return {"path": str(path.resolve()), "config_sha256": sha256_file(path / CONFIG),
+            "weights_sha256": sha256_file(path / WEIGHTS)}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def commit_latest(run_checkpoints: Path, name: str, keep: int = 2) -> None:

@@ -36,10 +36,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..allocator import retain_freed_memory
-from ..checkpoint import LATEST, commit_latest, load_checkpoint, load_train_state, resolve, save_checkpoint
+from ..checkpoint import CheckpointError, commit_latest, save_checkpoint
 from ..config import TrainConfig
 from ..files import atomic_write_text
 from ..precision import cpu_bf16_speedup, native_bf16
+from .runs import Resumable, find_resumable
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,13 @@ class Trainer:
     steps_per_epoch  optimizer steps in one epoch of the recipe's data
     run_dir          log.jsonl, tb/ and checkpoints/ go here
     meta             the config.json of every checkpoint; `step` and `epoch` are added
-    resume           continue from run_dir's latest checkpoint, if there is one
+    resume           continue from this checkpoint (runs.open_run finds it after checking the
+                     folder), or True: from run_dir's newest good checkpoint, if there is one
     """
 
     def __init__(self, model: torch.nn.Module, groups: list[dict], train: TrainConfig, env: Dist,
                  steps_per_epoch: int, run_dir: str | os.PathLike, meta: dict | None = None,
-                 resume: bool = False, progress: bool = True):
+                 resume: bool | Resumable | None = False, progress: bool = True):
         self.model, self.train, self.env = model, train, env
         self.micro, self.accum = split_batch(train, env.world)
         self.steps_per_epoch = steps_per_epoch
@@ -172,17 +174,22 @@ class Trainer:
         self.extras: dict = {}  # the recipe's own state, saved with every checkpoint (e.g. best score)
         self.step = 0
         self.checkpoints = Path(run_dir) / "checkpoints"
-        if resume and (self.checkpoints / LATEST).is_file():
-            state, _ = load_checkpoint(self.checkpoints, map_location=env.device)
-            model.load_state_dict(state)
-            train_state = load_train_state(self.checkpoints)
-            self.optimizer.load_state_dict(train_state["optimizer"])
-            self.step = int(train_state["step"])
-            self.extras = dict(train_state.get("extras", {}))
-            log.info("resumed from %s at step %d", resolve(self.checkpoints), self.step)
+        resuming = resume is True or isinstance(resume, Resumable)
+        if resume is True:
+            resume = find_resumable(self.checkpoints, env.device, report=env.main)
+        if isinstance(resume, Resumable):
+            try:
+                model.load_state_dict(resume.state)
+                self.optimizer.load_state_dict(resume.train_state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise CheckpointError(f"{resume.path}: does not fit this run's model and optimizer "
+                                      f"({' '.join(str(e).split())[:300]})") from e
+            self.step = int(resume.train_state["step"])
+            self.extras = dict(resume.train_state.get("extras", {}))
+            log.info("resumed from %s at step %d", resume.path, self.step)
         self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         self.net = torch.compile(self.ddp or model) if train.compile else (self.ddp or model)
-        self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step)
+        self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step, resuming)
 
     def train_step(self, batches: Iterator, loss_fn: LossFn) -> tuple[float, float]:
         """One optimizer step on the next `accum` micro-batches of `batches`.
@@ -278,27 +285,36 @@ class Trainer:
 # ------------------------------------------------------------------------------------------
 
 
+def _record(line: str) -> dict | None:
+    """One log.jsonl line -> its record; None for a line cut short by a killed process."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
 class TrainLogger:
     """Progress bar, JSON lines (run_dir/log.jsonl) and TensorBoard, on rank 0 only."""
 
-    def __init__(self, run_dir: Path, main: bool, progress: bool, total: int, initial: int):
+    def __init__(self, run_dir: Path, main: bool, progress: bool, total: int, initial: int, resuming: bool = False):
         self.main, self.path = main, run_dir / "log.jsonl"
         self.bar = self.tb = None
         if not main:
             return
-        if initial and self.path.is_file():
-            # Drop what was logged after the checkpoint we resume from: those steps run again. Of
-            # the resumed step itself, only the epoch record came after its checkpoint.
-            records = [json.loads(line) for line in self.path.read_text().splitlines()]
-            keep = [r for r in records
-                    if r["step"] < initial or r["step"] == initial and r.get("event") != "epoch"]
+        if resuming and self.path.is_file():
+            # Drop what was logged after the checkpoint we resume from (all of it when the run had
+            # none yet): those steps run again. Of the resumed step itself, only the epoch record
+            # came after its checkpoint.
+            keep = [r for r in map(_record, self.path.read_text(errors="replace").splitlines()) if r is not None
+                    and (r["step"] < initial or r["step"] == initial and r.get("event") != "epoch")]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
         if progress:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=initial or None)
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=initial if resuming else None)
         except ImportError:
             log.info("tensorboard not installed; logging to %s only", self.path)
 

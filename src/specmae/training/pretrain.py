@@ -5,6 +5,10 @@ the built-in synthetic one), random crops in a data order fixed by (seed, epoch)
 each micro-batch drawn from (seed, rank, step, micro-step) so that a resumed run draws the same
 ones, and the hint-ratio schedule of the informed masking strategies, logged at each epoch.
 Process set-up, accumulation, precision, logging and checkpoints are the engine's.
+
+Nothing is written before the run folder and, on resume, the configuration and checkpoint have
+been checked (runs.open_run, check_resume): a run is never trained over by accident, and a
+resumed run continues with the same model, front-end, masking, data order and schedule.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 
 from ..audio import FrontendConfig, synth
 from ..audio.normalize import NormStats
-from ..checkpoint import resolve
+from ..checkpoint import CONFIG, resolve
+from ..checkpoint.loader import META_KEYS, parse_config
 from ..config import RunConfig
 from ..files import atomic_write_text
 from ..schema import ConfigError
@@ -28,6 +33,12 @@ from ..masking import HINTED, Masker, hint_ratio
 from ..model.mae import MaskedAutoencoder
 from .data import Corpus, CropBatches, corpus_from_waves, load_corpus, prepare_corpus
 from .engine import Dist, Trainer, param_groups, setup, split_batch
+from .runs import Resumable, config_differences, open_run
+
+# What a resumed run may change: how its steps are computed, not what they compute (the model,
+# front-end, masking, data order and schedule stay those of its checkpoints).
+RESUME_MAY_DIFFER = tuple(f"train.{k}" for k in ("workers", "micro_batch", "bf16", "compile", "checkpoint_every",
+                                                 "keep_checkpoints", "log_every"))
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,46 @@ def check_corpus_frontend(corpus: FrontendConfig, run: FrontendConfig, where: Pa
                             "--config ...), or train on the audio folder itself")
 
 
+def check_resume(cfg: RunConfig, run_dir: Path, start: Resumable | None) -> None:
+    """Refuse to resume `run_dir` with a configuration that would not continue the same run.
+
+    `cfg` is compared with the run's config.json and with the config of the checkpoint it resumes
+    from; the ConfigError lists every field that differs (but RESUME_MAY_DIFFER).
+    """
+    references = []
+    stored = run_dir / "config.json"
+    if stored.is_file():
+        try:
+            references.append((stored, RunConfig.from_dict(json.loads(stored.read_text())).to_dict()))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            if start is None:
+                raise ConfigError(f"{stored}: unreadable run config ({' '.join(str(e).split())}), and the run has "
+                                  "no checkpoint to check the new configuration against; repair the file, or "
+                                  "pass --overwrite to move the run aside") from e
+            log.warning("%s: unreadable (%s); checking the configuration against %s only", stored, e,
+                        start.path / CONFIG)
+    if start is not None:
+        raw = {k: v for k, v in start.config.items() if k not in META_KEYS}
+        references.append((start.path / CONFIG, RunConfig.from_dict(raw).to_dict()))
+    new = cfg.to_dict()
+    for where, old in references:
+        if _same_path(new["train"]["data"], old["train"]["data"]):
+            old["train"]["data"] = new["train"]["data"]
+        differ = config_differences(new, old, RESUME_MAY_DIFFER)
+        if differ:
+            more = f"; and {len(differ) - 8} more" if len(differ) > 8 else ""
+            raise ConfigError(f"{run_dir}: --resume with another configuration than the run's ({where}): "
+                              + "; ".join(differ[:8]) + more + ". Resume with the run's own settings (leave out "
+                              "the options that differ), or start a new run in another folder")
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    try:
+        return a is not None and b is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 @dataclass
 class Trained:
     checkpoint: Path            # the run's latest checkpoint directory
@@ -75,17 +126,25 @@ class Trained:
 
 
 def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
-             progress: bool = True, max_steps: int | None = None) -> Trained:
+             progress: bool = True, max_steps: int | None = None, overwrite: bool = False) -> Trained:
     """Pre-train an MAE into `run_dir`; returns the final checkpoint and model.
 
-    `max_steps` stops early (after committing a checkpoint) without changing the schedule,
-    which is how tests interrupt and resume a run.
+    A `run_dir` that already holds a run is refused unless `resume` (continue it from its newest
+    good checkpoint, with the same configuration) or `overwrite` (move it aside, never delete);
+    any other non-empty folder is refused too. `max_steps` stops early (after committing a
+    checkpoint) without changing the schedule, which is how tests interrupt and resume a run.
     """
     env = setup(cfg.train)
     run_dir = Path(run_dir)
     train, enc, m = cfg.train, cfg.model.encoder, cfg.masking
     cfg.validate()
     micro, accum = split_batch(train, env.world)
+    if train.data is not None and not Path(train.data).exists():
+        raise FileNotFoundError(f"{train.data}: no such audio folder or prepared corpus")
+    start = open_run(run_dir, resume, overwrite, main=env.main, check_config=parse_config)
+    if resume:
+        check_resume(cfg, run_dir, start)
+    env.barrier()  # every process has checked before any writes
     if env.main and m.strategy in HINTED and m.hint_ratio is None and m.hint_start_epoch >= train.epochs:
         log.warning("masking %s: the hint schedule starts at epoch %d of a %d-epoch run, so every mask "
                     "is random (hint ratio 1); set masking.hint_start_epoch or masking.hint_ratio",
@@ -93,7 +152,9 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     corpus, stats = open_corpus(cfg, run_dir, env)
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        text = json.dumps(cfg.to_dict(), indent=1)
+        if not (run_dir / "config.json").is_file() or (run_dir / "config.json").read_bytes() != text.encode():
+            atomic_write_text(run_dir / "config.json", text)
 
     def epoch_data(epoch: int) -> CropBatches:
         return CropBatches(corpus, enc.n_frames, micro, train.seed, epoch, env.rank, env.world)
@@ -105,7 +166,7 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     meta = dict(model=cfg.model.to_dict(), frontend=cfg.frontend.to_dict(), norm_stats=stats.to_json(),
                 masking=m.to_dict(), train=asdict(train))
     trainer = Trainer(model, param_groups(model, train.weight_decay), train, env, steps_per_epoch, run_dir,
-                      meta, resume=resume, progress=progress)
+                      meta, resume=start or resume, progress=progress)
     masker = Masker(m, enc.grid, encoder=model.encoder)
     mean, std = stats.tensors(env.device)  # () global, or (F, 1) per mel bin
     generator = torch.Generator(env.device)
