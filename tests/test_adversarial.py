@@ -25,9 +25,7 @@ import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from specmae.audio import synth

@@ -128,7 +128,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     if out.is_dir() and not is_empty_folder(out) and not (out / "index.json").is_file():
         raise OutputError(f"{out}: not empty and not a prepared corpus (no index.json); choose a new or empty folder")
     frames = args.frames or cfg.model.encoder.n_frames
-    out = prepare_corpus(args.source, args.out, cfg.frontend, frames, workers=args.workers)
+    out = prepare_corpus(args.source, args.out, cfg.frontend, frames, workers=args.workers,
+                         max_seconds=args.max_duration, rebuild=args.rebuild)
     print(f"prepared corpus: {out} ({cfg.frontend.kind} front-end, {cfg.frontend.sample_rate} Hz, "
           f"{cfg.frontend.n_mels} mel bins)")
 
@@ -245,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "its front-end and crop width are used")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. frontend.n_mels=64")
     p.add_argument("--frames", type=int, help="crop width for the normalisation statistics (default: the config's)")
+    p.add_argument("--max-duration", type=float, default=3 * 3600, metavar="SECONDS",
+                   help="skip (and report) files longer than this; default 3 hours")
+    p.add_argument("--rebuild", action="store_true",
+                   help="prepare again over a corpus of this folder made from other files or settings")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.set_defaults(func=cmd_prepare)
 
