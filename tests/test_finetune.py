@@ -1,18 +1,25 @@
 """Fine-tuning: the classifier, augmentations, layer-wise lr decay, the recipe on the built-in
 corpus (learning, multi-label, resume), prediction on audio of any length, and bad input."""
 
+import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 import specmae
 from specmae.audio import synth
-from specmae.checkpoint import CheckpointError, load, save_checkpoint
+from specmae.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
 from specmae.config import FinetuneConfig, RunConfig
 from specmae.evaluation.tasks import Task, TaskError
 from specmae.features.predict import Predictor
@@ -328,3 +335,101 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(CheckpointError, match="no encoder weights"):
         finetune(ft_config(), decoder_only, task, out, progress=False)
     assert not out.exists()
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+def specmae_cli(*args, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", "specmae.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env)
+    if check and proc.returncode:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+CLI_TINY = ["--batch-size", "8", "--workers", "0", "--quiet", "--blr", "0.05", "--set", "train.warmup_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def corpus_task(tmp_path_factory) -> Path:
+    """60 clips of 1.2 s written as files, meta.csv with path,label,split (every fifth clip test)."""
+    return synth.write_corpus(tmp_path_factory.mktemp("corpus"), 60, seed=6, duration=1.2)
+
+
+@pytest.mark.slow
+def test_cli_finetune_then_predict_files_of_any_length_reporting_unreadable_ones(tmp_path, corpus_task):
+    ckpt = random_checkpoint(tmp_path / "ckpt")
+    run = tmp_path / "run"
+    proc = specmae_cli("finetune", ckpt, corpus_task, "label=label", "--out", run, "--epochs", "2", "--probe", "none",
+                       "--set", "layer_decay=0.65", *CLI_TINY)
+    assert "| model |" in proc.stdout and "report:" in proc.stdout
+    assert json.loads((run / "config.json").read_text())["finetune"]["layer_decay"] == 0.65
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    long = np.concatenate([synth.make_clip(0, np.random.default_rng(i)) for i in range(3)])  # 6.2 s
+    sf.write(audio / "long.wav", long, 16000)
+    sf.write(audio / "short.flac", long[:4000], 16000)                                       # 0.25 s
+    (audio / "broken.wav").write_text("not audio")
+    preds = tmp_path / "preds.csv"
+    proc = specmae_cli("predict", run, audio, "--out", preds, "--top-k", "3", "--quiet", check=False)
+    assert proc.returncode == 1 and "broken.wav" in proc.stdout and "predicted 2 files" in proc.stdout
+    rows = list(csv.reader(open(preds)))
+    assert rows[0] == ["path", "label_1", "score_1", "label_2", "score_2", "label_3", "score_3"]
+    assert [r[0] for r in rows[1:]] == ["long.wav", "short.flac"]
+    assert all(r[1] in {str(i) for i in range(12)} and 0 <= float(r[2]) <= 1 and float(r[2]) >= float(r[4])
+               for r in rows[1:])
+    assert "broken.wav" in (tmp_path / "preds.csv.errors.tsv").read_text()
+    (audio / "broken.wav").unlink()
+    proc = specmae_cli("predict", run, audio, "--out", preds, "--top-k", "3", "--quiet")
+    assert "skipped 2 already done" in proc.stdout and not (tmp_path / "preds.csv.errors.tsv").exists()
+    proc = specmae_cli("predict", ckpt, audio, "--out", tmp_path / "p2.csv", check=False)
+    assert proc.returncode == 2 and "fine-tune it first" in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line_before_training(tmp_path, corpus_task):
+    ckpt = random_checkpoint(tmp_path / "ckpt")
+    rows = list(csv.reader(open(corpus_task)))
+    rows[3][1] = ""
+    bad = corpus_task.parent / "bad.csv"
+    with open(bad, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    for args, message in [((bad,), "line 4: empty label"),
+                          ((corpus_task, "label=missing"), "the label column 'missing'"),
+                          ((corpus_task, "--frames", "100"), "model.n_frames: 100 frames is not a whole number"),
+                          ((corpus_task, "type=multilabel", "--set", "loss=ce"), "single-label loss")]:
+        proc = specmae_cli("finetune", ckpt, *args, "--out", tmp_path / "run", *CLI_TINY, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path, corpus_task):
+    """A real fine-tuning process killed with SIGKILL mid-run resumes and ends with the same weights."""
+    ckpt = random_checkpoint(tmp_path / "ckpt")
+    args = [ckpt, corpus_task, "--epochs", "8", "--checkpoint-every", "3", "--probe", "none",
+            "--patchout", "4", "--set", "augment.mixup=both", *CLI_TINY]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "specmae.cli", "finetune", *map(str, args), "--out",
+                             str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = tmp_path / "cut" / "model" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (pointer.is_file() and pointer.read_text().strip() >= "step-00000012"):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "report.json").exists()
+    specmae_cli("finetune", *args, "--out", tmp_path / "cut", "--resume", env=env)
+    specmae_cli("finetune", *args, "--out", tmp_path / "full", env=env)
+    for name in ("best", "."):  # the kept checkpoint and the last one
+        cut, cut_cfg = load_checkpoint(tmp_path / "cut" / "model" / "checkpoints" / name)
+        full, full_cfg = load_checkpoint(tmp_path / "full" / "model" / "checkpoints" / name)
+        assert cut_cfg["step"] == full_cfg["step"]
+        for key in full:
+            torch.testing.assert_close(cut[key], full[key], rtol=0, atol=0, msg=key)
+    cut_report = json.loads((tmp_path / "cut" / "report.json").read_text())
+    full_report = json.loads((tmp_path / "full" / "report.json").read_text())
+    assert cut_report["folds"][0]["test"] == full_report["folds"][0]["test"]

@@ -83,7 +83,7 @@ def build_classifier(ck: Checkpoint, n_classes: int, cfg: FinetuneConfig) -> Cla
 @dataclass
 class FoldResult:
     """One fold's fine-tuned model and its scores (the fold's result.json)."""
-    name: str
+    name: str               # the fold's run folder name: `model` (single split) or `fold-<fold>`
     run: str                # the fold's run folder; its `latest` names the kept checkpoint
     train: int              # clips in the training, validation and test parts
     valid_clips: int
@@ -190,7 +190,7 @@ class FoldTrainer:
         if self.task.kind != "multilabel":
             n = len(self.task.classes)
             confusion = np.bincount(self.y[test] * n + probs.argmax(1), minlength=n * n).reshape(n, n).tolist()
-        result = FoldResult(self.split.name, str(self.run_dir), len(self.split.train), len(self.split.valid),
+        result = FoldResult(self.run_dir.name, str(self.run_dir), len(self.split.train), len(self.split.valid),
                             len(test), trainer.extras["best_epoch"], trainer.extras["best_step"],
                             trainer.extras["best"], score(self.task.metric, self.y[test], probs), confusion)
         if self.env.main:

@@ -122,6 +122,9 @@ def build_report(cfg: FinetuneConfig, source: str, task: Task, splits: list[Spli
         fold["probe"] = probe["folds"][i]["test"] if probe else None
         folds.append(fold)
     notes = sorted({s.note for s in splits})
+    if len(notes) > 1 and all(n.startswith("validation: next fold") for n in notes):
+        notes = [f"{len(notes)} folds: each is the test part once, the next one in sorted order validates "
+                 "and the others train (HEAR's convention)"]
     return {"specmae": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": source,
             "task": dict(task_summary(task), notes=task.notes + notes), "config": cfg.to_dict(),
             "chance": float(np.mean([chance_score(task.metric, y[s.test], len(task.classes)) for s in splits])),
@@ -166,7 +169,7 @@ def markdown(report: dict) -> str:
               f"- Loss {c['loss']} with label smoothing {c['label_smoothing']:g}; {c['sampler']} sampling.",
               f"- Augmentation: mixup {a['mixup']} (alpha {a['mixup_alpha']:g}), SpecAugment up to "
               f"{a['freq_mask']:.0%} of the bins and {a['time_mask']:.0%} of the frames, gain ±{a['gain_db']:g} dB.",
-              f"- Kept for `specmae.load(RUN)` / `specmae predict RUN`: fold {report['kept']} (best validation score)."]
+              f"- `specmae.load(RUN)` and `specmae predict RUN` use {report['kept']}/ (the best validation score)."]
     lines += [f"- {n}" for n in t["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -185,7 +188,7 @@ def plot_curves(report: dict, out: Path) -> Path:
         valid = [r for r in records if r.get("event") == "validation"]
         loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label=f["name"])
         val_ax.plot([r["epoch"] + 1 for r in valid], [100 * r[metric] for r in valid], marker=".", label=f["name"])
-    loss_ax.set(xlabel="optimizer step", ylabel="training loss", yscale="log", title="training loss")
+    loss_ax.set(xlabel="optimizer step", ylabel="training loss", title="training loss")
     val_ax.set(xlabel="epoch", ylabel=f"{metric} x 100", title=f"validation {metric}")
     for ax in (loss_ax, val_ax):
         ax.grid(alpha=0.3)
