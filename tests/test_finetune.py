@@ -305,6 +305,8 @@ def test_resume_continues_exactly(tmp_path):
     assert logged(tmp_path / "cut") == logged(tmp_path / "full")
     with pytest.raises(ConfigError, match="started with another checkpoint, task or config"):
         finetune(ft_config(train=dict(epochs=4)), ckpt, task, tmp_path / "cut", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="already holds a fine-tuning run; resume it"):
+        finetune(cfg, ckpt, task, tmp_path / "full", progress=False)
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -71,9 +71,12 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     store.check([task], rate)  # every clip decodes, or one error listing the bad ones
     out = Path(out)
     run_config = dict(source=str(Path(source).resolve()), task=task_summary(task), finetune=cfg.to_dict())
-    if resume and (out / "config.json").is_file() and json.loads((out / "config.json").read_text()) != run_config:
-        raise ConfigError(f"{out}: started with another checkpoint, task or config ({out / 'config.json'}); "
-                          "resume with the same ones, or choose another --out")
+    if (out / "config.json").is_file():
+        if not resume:
+            raise ConfigError(f"{out}: already holds a fine-tuning run; resume it (--resume) or choose another --out")
+        if json.loads((out / "config.json").read_text()) != run_config:
+            raise ConfigError(f"{out}: started with another checkpoint, task or config ({out / 'config.json'}); "
+                              "resume with the same ones, or choose another --out")
     if env.main:
         atomic_write_text(out / "config.json", json.dumps(run_config, indent=1))
     clips = partial(store.clips, task, rate)
