@@ -1,10 +1,16 @@
-"""The run configuration: front-end, model, masking and training, checked together.
+"""The run configurations: pre-training (RunConfig) and fine-tuning (FinetuneConfig), checked together.
 
     RunConfig
       frontend  FrontendConfig   (audio/frontend.py)  what the audio becomes
       model     ModelConfig      (model/presets.py)   encoder + decoder
       masking   MaskingConfig    (masking.py)         which patches are hidden
       train     TrainConfig      (here)               optimisation, schedule, data, checkpoints
+
+    FinetuneConfig                                    (front-end and encoder: the checkpoint's)
+      model     ClassifierConfig (model/classifier.py)  pooling, input width, drop-path, Patchout
+      augment   AugmentConfig    (training/augment.py)  mixup, SpecAugment, gain
+      train     TrainConfig      (here)                 with fine-tuning defaults
+      layer_decay, label_smoothing, loss, sampler, probe, valid_fraction
 
 A run config comes from, in order: the defaults, a YAML file or built-in config (`--config`),
 the named CLI flags, then `--set section.field=value`; each layer overrides fields of the one
@@ -25,8 +31,10 @@ import yaml
 
 from .audio.frontend import FrontendConfig
 from .masking import MaskingConfig
+from .model.classifier import ClassifierConfig
 from .model.presets import ModelConfig
-from .schema import ConfigError, from_dict, non_negative, positive, to_dict
+from .schema import ConfigError, from_dict, non_negative, one_of, positive, to_dict
+from .training.augment import AugmentConfig
 
 
 @dataclass
@@ -92,6 +100,101 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         return from_dict(cls, d)
+
+
+def finetune_train() -> TrainConfig:
+    """MaskSpec's fine-tuning schedule: 80 epochs, 5 of warm-up, blr 1e-3 down to 1e-6, AdamW betas
+    (0.9, 0.999)."""
+    return TrainConfig(epochs=80, warmup_epochs=5, batch_size=64, blr=1e-3, min_lr=1e-6, betas=(0.9, 0.999),
+                       keep_checkpoints=1)
+
+
+LOSSES = ("auto", "ce", "bce")
+SAMPLERS = ("auto", "uniform", "balanced")
+TASK_KINDS = ("multiclass", "multilabel", "binary")
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run (recipe: docs/finetuning.md). Front-end, statistics and encoder are the
+    starting checkpoint's; what is chosen here is the classifier, augmentation and optimisation."""
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=finetune_train)
+    layer_decay: float = 0.75           # lr of block i (of depth) = lr * layer_decay ** (depth - i)
+    label_smoothing: float | None = None  # None: 0.1 with cross-entropy, 0 with binary cross-entropy
+    loss: str = "auto"                  # auto: ce for single-label tasks, bce for multi-label ones
+    sampler: str = "auto"               # auto: balanced for multi-label tasks, uniform otherwise
+    probe: str = "full"                 # frozen-probe grid for the comparison (evaluation/probe.py), or none
+    valid_fraction: float = 0.15        # share of train held out when a task has no validation part
+
+    def validate(self) -> "FinetuneConfig":
+        self.model.validate()
+        self.augment.validate()
+        self.train.validate()
+        if self.train.data is not None:
+            raise ConfigError(f"train.data: {self.train.data!r}; fine-tuning reads its clips from the task, "
+                              "leave it unset")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"layer_decay: {self.layer_decay}, expected a factor in (0, 1] (1: no decay)")
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing: {self.label_smoothing}, expected a value in [0, 1)")
+        one_of("loss", self.loss, LOSSES)
+        one_of("sampler", self.sampler, SAMPLERS)
+        from .evaluation.probe import GRIDS
+        one_of("probe", self.probe, tuple(GRIDS) + ("none",))
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError(f"valid_fraction: {self.valid_fraction}, expected a share in (0, 1)")
+        return self
+
+    def for_task(self, kind: str) -> "FinetuneConfig":
+        """The config with its 'auto' choices made for a task of `kind`; ConfigError when an option
+        does not fit the task (a single-label loss for a multi-label task)."""
+        one_of("task type", kind, TASK_KINDS)
+        multilabel = kind == "multilabel"
+        if multilabel and self.loss == "ce":
+            raise ConfigError("loss: 'ce' (softmax cross-entropy) is a single-label loss, and this task is "
+                              "multi-label; use 'bce' or 'auto'")
+        loss = self.loss if self.loss != "auto" else "bce" if multilabel else "ce"
+        smoothing = self.label_smoothing if self.label_smoothing is not None else 0.1 if loss == "ce" else 0.0
+        sampler = self.sampler if self.sampler != "auto" else "balanced" if multilabel else "uniform"
+        out = from_dict(FinetuneConfig, self.to_dict())
+        out.loss, out.label_smoothing, out.sampler = loss, smoothing, sampler
+        return out
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneConfig":
+        return from_dict(cls, d)
+
+
+@dataclass
+class FinetuneInfo:
+    """The `finetune` section of a fine-tuned checkpoint: what its head predicts and how it was made."""
+    labels: list[str] = field(default_factory=list)   # class names, in the order of the head's outputs
+    kind: str = "multiclass"                          # multiclass | multilabel | binary
+    metric: str = "accuracy"                          # the task's metric (accuracy, mAP, roc_auc)
+    config: FinetuneConfig = field(default_factory=FinetuneConfig)  # 'auto' choices made, n_frames set
+    task: str = ""                                    # the task's name
+    fold: str = ""                                    # the split or fold this model was trained on
+    source: dict = field(default_factory=dict)        # the starting checkpoint: path, step, imported
+
+    def validate(self) -> "FinetuneInfo":
+        if not self.labels or len(set(self.labels)) != len(self.labels):
+            raise ConfigError(f"finetune.labels: expected distinct class names, got {self.labels[:10]}")
+        one_of("finetune.kind", self.kind, TASK_KINDS)
+        if self.config.model.n_frames is None:
+            raise ConfigError("finetune.config.model.n_frames: must be set in a fine-tuned checkpoint")
+        return self
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneInfo":
+        return from_dict(cls, d, "finetune")
 
 
 def check_frontend_fits(frontend: FrontendConfig, model: ModelConfig) -> None:

@@ -3,7 +3,12 @@
     load(path)          a specmae checkpoint folder, a run folder (its latest checkpoint), or an
                         official MSM-MAE / M2D weights file (converted in memory)
       -> Checkpoint     .config (RunConfig: model, frontend, masking, train), .norm_stats,
-                        .step, .epoch, .imported (provenance of official weights), .model
+                        .step, .epoch, .imported (provenance of official weights), .model,
+                        .finetune (FinetuneInfo of a fine-tuned classifier, else None)
+
+A pre-trained checkpoint's model is a MaskedAutoencoder; a fine-tuned one (config.json with a
+`finetune` section: labels, task type, fine-tuning config) is a Classifier on the same encoder
+config. Both have `.encoder`, which is all that embedding needs.
 
 `specmae.load` (embeddings), the HEAR module, export, evaluation, embedding jobs, the demo's
 report and resume all go through here, so a checkpoint's config.json is parsed and checked in
@@ -21,14 +26,13 @@ from pathlib import Path
 import torch
 
 from ..audio.normalize import NormStats
-from ..config import RunConfig
-from ..model.mae import MaskedAutoencoder
+from ..config import FinetuneInfo, RunConfig
 from ..schema import ConfigError
 from . import official
 from .store import CONFIG, CheckpointError, load_checkpoint, read_config, resolve
 
 # Entries of config.json besides the run config's sections.
-META_KEYS = ("format", "version", "norm_stats", "step", "epoch", "imported")
+META_KEYS = ("format", "version", "norm_stats", "step", "epoch", "imported", "finetune")
 
 
 @dataclass
@@ -40,14 +44,25 @@ class Checkpoint:
     step: int = 0
     epoch: float | None = None
     imported: dict | None = None    # official weights: file, sha256, format, notes
-    model: torch.nn.Module | None = None   # MaskedAutoencoder in eval mode (None: config only)
+    model: torch.nn.Module | None = None   # MaskedAutoencoder, or Classifier when fine-tuned; eval mode
+    finetune: FinetuneInfo | None = None   # fine-tuned checkpoints: labels, task type, recipe
 
     def to_json(self) -> dict:
         """config.json as written by save_checkpoint (without format and version)."""
         out = dict(self.config.to_dict(), norm_stats=self.norm_stats.to_json(), step=self.step, epoch=self.epoch)
         if self.imported is not None:
             out["imported"] = self.imported
+        if self.finetune is not None:
+            out["finetune"] = self.finetune.to_dict()
         return out
+
+    def build_model(self) -> torch.nn.Module:
+        """The untrained model this config describes: a Classifier when fine-tuned, else a MaskedAutoencoder."""
+        if self.finetune is not None:
+            from ..model.classifier import Classifier
+            return Classifier(self.config.model.encoder, len(self.finetune.labels), self.finetune.config.model)
+        from ..model.mae import MaskedAutoencoder
+        return MaskedAutoencoder(self.config.model)
 
 
 def parse_config(raw: dict, where: str | os.PathLike) -> Checkpoint:
@@ -63,9 +78,13 @@ def parse_config(raw: dict, where: str | os.PathLike) -> Checkpoint:
             raise ConfigError(f"step: expected an integer >= 0, got {step!r}")
         if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, (int, float))):
             raise ConfigError(f"epoch: expected a number, got {epoch!r}")
+        finetune = None
+        if raw.get("finetune") is not None:
+            finetune = FinetuneInfo.from_dict(raw["finetune"]).validate()
+            finetune.config.model.check_encoder(config.model.encoder)
     except ValueError as e:  # ConfigError and the model configs' own checks
         raise CheckpointError(f"{where}: invalid checkpoint config: {e}") from e
-    return Checkpoint(Path(where), config, stats, step, epoch, raw.get("imported"))
+    return Checkpoint(Path(where), config, stats, step, epoch, raw.get("imported"), finetune=finetune)
 
 
 def read(path: str | os.PathLike) -> Checkpoint:
@@ -92,7 +111,10 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", **official
     state, raw = load_checkpoint(folder, map_location=device)
     ck = parse_config(raw, folder / CONFIG)
     ck.path = folder
-    model = MaskedAutoencoder(ck.config.model)
+    if not any(k.startswith("encoder.") for k in state):
+        raise CheckpointError(f"{folder}: {len(state)} tensors but no encoder weights (encoder.*) in its "
+                              f"weights file: not a specmae model checkpoint")
+    model = ck.build_model()
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -289,7 +289,8 @@ class Embedder(nn.Module):
 
 def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
     """A ready, eval-mode Embedder from a specmae checkpoint, a run folder, or an official
-    MSM-MAE/M2D .pth file (converted in memory; `specmae convert` keeps the result).
+    MSM-MAE/M2D .pth file (converted in memory; `specmae convert` keeps the result). A fine-tuned
+    checkpoint or run gives a Predictor: an Embedder with `predict` (label probabilities).
 
     options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call, compile),
     and for .pth files the `official.load_official` options (preset, heads, norm_stats, ...).
@@ -300,5 +301,9 @@ def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
 
 
 def from_checkpoint(ck: Checkpoint, **options) -> Embedder:
-    """The Embedder of a loaded checkpoint (its encoder, front-end and statistics)."""
+    """The Embedder of a loaded checkpoint (its encoder, front-end and statistics); for a
+    fine-tuned checkpoint a Predictor, the Embedder that also has `predict` (predict.py)."""
+    if ck.finetune is not None:
+        from .predict import from_checkpoint as predictor
+        return predictor(ck, **options)
     return Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats, checkpoint=ck, **options)

@@ -60,7 +60,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: str = "ex
     ck = load(checkpoint)
     model, config = ck.model, ck.to_json()
     module = ChunkEncoder(model.encoder, ck.norm_stats).eval()
-    enc = model.cfg.encoder
+    enc = model.encoder.cfg  # a fine-tuned classifier's encoder has its fine-tuning width
     example = torch.randn(2, enc.n_mels, enc.n_frames) * 4 - 7
     meta = json.dumps({"input": "(B, n_mels, n_frames) log-mel, not normalised",
                        "output": "(B, N_T, N_F*D) frame features, last layer", **config})

@@ -100,20 +100,31 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Stochastic depth on a residual branch x (B, N, D): in training, each sample's branch is
+    dropped with probability `rate` and the kept ones scaled by 1 / (1 - rate); identity otherwise.
+    Draws from the global torch generator (the fine-tuning recipe seeds it per micro-step)."""
+    if rate == 0.0 or not training:
+        return x
+    keep = x.new_empty(x.shape[0], *(1,) * (x.ndim - 1)).bernoulli_(1.0 - rate)
+    return x * keep / (1.0 - rate)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block; `drop_path` > 0 drops its residual branches in training."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: str = "full",
-                 eps: float = 1e-6):
+                 eps: float = 1e-6, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = drop_path
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class PatchEmbed(nn.Module):
@@ -128,9 +139,13 @@ class PatchEmbed(nn.Module):
 
 
 class Encoder(nn.Module):
-    """ViT encoder: patch embedding + fixed 2-D positions + [CLS] + blocks + LayerNorm."""
+    """ViT encoder: patch embedding + fixed 2-D positions + [CLS] + blocks + LayerNorm.
 
-    def __init__(self, cfg: EncoderConfig):
+    drop_path: stochastic-depth rate of the last block, rising linearly from 0 at the first
+    (fine-tuning; 0 everywhere else, where the blocks are deterministic).
+    """
+
+    def __init__(self, cfg: EncoderConfig, drop_path: float = 0.0):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
@@ -138,8 +153,9 @@ class Encoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.use_cls else None
         # Fixed table: rebuilt from the config, never stored in checkpoints.
         self.register_buffer("pos_embed", sincos_2d(cfg.dim, cfg.grid, cfg.use_cls), persistent=False)
+        rates = torch.linspace(0, drop_path, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps) for _ in range(cfg.depth))
+            Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, rate) for rate in rates)
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.reset_parameters()
 

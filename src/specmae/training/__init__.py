@@ -1,6 +1,10 @@
-"""Training: prepared corpora and crops, the training engine, the pre-training recipe.
+"""Training: prepared corpora and crops, the training engine, the pre-training and fine-tuning recipes.
 
     data.py      log-mel corpora on disk, deterministic random crops
     engine.py    the loop every recipe runs: set-up, optimizer steps, logging, checkpoints
     pretrain.py  masked-autoencoder pre-training
+    finetune.py  fine-tuning one fold: classifier, layer-wise lr decay, losses, validation, best checkpoint
+    finetune_run.py  every fold of a task, the frozen-probe comparison, the report
+    clips.py     labelled task clips: epoch order (uniform or class-balanced), crops, micro-batches
+    augment.py   mixup, SpecAugment, random gain
 """

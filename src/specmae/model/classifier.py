@@ -1,0 +1,125 @@
+"""A classifier on a pre-trained encoder: the model that fine-tuning trains (docs/finetuning.md).
+
+    x (B, 1, F, T) normalised log-mel --Encoder (positions adapted to T, Patchout in training)-->
+      tokens (B, [1+]n, D) --mean of the patch tokens, or [CLS]--> (B, D)
+      --LayerNorm--> --Linear--> logits (B, C)
+
+The encoder is the pre-trained one, unchanged but for its input width: its fixed sin-cos
+positional table is rebuilt for the pre-training width and then adapted to the fine-tuning one,
+cropped to the first time columns for a shorter input (as MaskSpec does for 5-s ESC-50 clips) and
+linearly interpolated along time for a longer one. The table is never stored: a checkpoint's
+config (pre-training width + ClassifierConfig.n_frames) rebuilds it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..schema import ConfigError, non_negative, one_of, positive
+from .presets import EncoderConfig
+from .vit import Encoder, sincos_2d
+
+POOLS = ("mean", "cls")
+
+
+@dataclass
+class ClassifierConfig:
+    """The classifier around the encoder; every default is MaskSpec's fine-tuning recipe."""
+    pool: str = "mean"              # 'mean' of the patch tokens, or the 'cls' token
+    n_frames: int | None = None     # input width T in log-mel frames; None = the pre-training width
+    drop_path: float = 0.1          # stochastic depth of the last block (linear from 0 at the first)
+    patchout: int = 0               # patch tokens dropped at random from each training input
+    head_init_std: float = 2e-5     # truncated-normal std of the new head's weights
+
+    def validate(self) -> "ClassifierConfig":
+        one_of("model.pool", self.pool, POOLS)
+        positive("model.n_frames", self.n_frames, allow_none=True)
+        non_negative("model.patchout", self.patchout)
+        positive("model.head_init_std", self.head_init_std)
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"model.drop_path: {self.drop_path}, expected a rate in [0, 1)")
+        return self
+
+    def check_encoder(self, enc: EncoderConfig) -> EncoderConfig:
+        """The encoder config at the fine-tuning width; ConfigError when this classifier cannot
+        be built on `enc` (width not a whole number of patches, no CLS to pool, Patchout too big)."""
+        width = self.n_frames or enc.n_frames
+        if width % enc.patch_t:
+            below = width // enc.patch_t * enc.patch_t
+            raise ConfigError(
+                f"model.n_frames: {width} frames is not a whole number of {enc.patch_t}-frame patches, so the "
+                f"positional table cannot be adapted to it; use a multiple of {enc.patch_t}, e.g. "
+                f"{below or enc.patch_t} or {below + enc.patch_t}")
+        if self.pool == "cls" and not enc.use_cls:
+            raise ConfigError("model.pool: 'cls', but the pre-trained encoder has no [CLS] token; use 'mean'")
+        out = replace(enc, n_frames=width)
+        if self.patchout >= out.num_patches:
+            raise ConfigError(f"model.patchout: {self.patchout} of the {out.num_patches} patches of a "
+                              f"{out.n_mels}x{width} input would leave none; use at most {out.num_patches - 1}")
+        return out
+
+
+def adapt_positions(table: Tensor, grid: tuple[int, int], n_t: int, prefix: int) -> Tensor:
+    """A (1, [1+]N_F*N_T, D) positional table over grid (N_F, N_T) -> the table for N_F x n_t:
+    the first n_t time columns when n_t <= N_T, else linearly interpolated along time (first and
+    last columns kept). Prefix rows ([CLS]) stay as they are."""
+    n_f, n_t_old = grid
+    head, body = table[:, :prefix], table[:, prefix:]
+    body = body.reshape(1, n_f, n_t_old, -1)                                     # (1, N_F, N_T, D)
+    if n_t <= n_t_old:
+        body = body[:, :, :n_t]
+    else:
+        body = F.interpolate(body.permute(0, 3, 1, 2), size=(n_f, n_t), mode="bilinear",
+                             align_corners=True).permute(0, 2, 3, 1)             # (1, N_F, n_t, D)
+    return torch.cat([head, body.reshape(1, n_f * n_t, -1)], dim=1)
+
+
+class Classifier(nn.Module):
+    """Encoder + pooling + LayerNorm + Linear head: (B, 1, F, T) normalised log-mel -> logits (B, C).
+
+    encoder_cfg: the pre-trained encoder's config (its n_frames is the pre-training width).
+    """
+
+    def __init__(self, encoder_cfg: EncoderConfig, n_classes: int, cfg: ClassifierConfig | None = None):
+        super().__init__()
+        cfg = (cfg or ClassifierConfig()).validate()
+        if n_classes < 1:
+            raise ConfigError(f"a classifier needs at least one class, got {n_classes}")
+        self.cfg, self.n_classes = cfg, n_classes
+        enc = cfg.check_encoder(encoder_cfg)
+        self.encoder = Encoder(enc, drop_path=cfg.drop_path)
+        self.encoder.pos_embed = adapt_positions(sincos_2d(enc.dim, encoder_cfg.grid, enc.use_cls),
+                                                 encoder_cfg.grid, enc.grid[1], self.encoder.num_prefix)
+        self.head_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps)
+        self.head = nn.Linear(enc.dim, n_classes)
+        # A near-zero head starts every class at the same score, so the first steps move the
+        # head, not the pre-trained encoder through large random gradients (MAE fine-tuning).
+        nn.init.trunc_normal_(self.head.weight, std=cfg.head_init_std)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """(F, T) of one input."""
+        return self.encoder.cfg.n_mels, self.encoder.cfg.n_frames
+
+    def patchout_ids(self, batch: int, generator: torch.Generator | None) -> Tensor:
+        """(B, L - patchout) indices of the patches kept, drawn independently per sample and in
+        position order."""
+        L = self.encoder.cfg.num_patches
+        noise = torch.rand(batch, L, generator=generator, device=self.head.weight.device)
+        return noise.argsort(dim=1)[:, :L - self.cfg.patchout].sort(dim=1).values
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x: (B, 1, F, T) normalised log-mel -> logits (B, C). In training mode, `patchout` random
+        patch tokens of each sample are dropped (drawn from `generator`); in eval mode none."""
+        ids_keep = None
+        if self.training and self.cfg.patchout:
+            ids_keep = self.patchout_ids(x.shape[0], generator)
+        tokens = self.encoder(x, ids_keep=ids_keep)                                # (B, [1+]n, D)
+        prefix = self.encoder.num_prefix
+        pooled = tokens[:, 0] if self.cfg.pool == "cls" else tokens[:, prefix:].mean(dim=1)  # (B, D)
+        return self.head(self.head_norm(pooled))

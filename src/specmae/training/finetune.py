@@ -1,0 +1,207 @@
+"""Fine-tuning: a pre-trained encoder and a new head trained on a labelled task, once per fold;
+the recipe that the training engine (engine.py) runs (docs/finetuning.md).
+
+The recipe's own parts: the checks of checkpoint, task and config before anything runs; the
+classifier on the checkpoint's encoder (model/classifier.py); AdamW groups with layer-wise lr
+decay; micro-batches of cropped task clips in an order fixed by (seed, epoch) (clips.py); per
+micro-batch the augmentations (augment.py), the checkpoint's front-end and normalisation, and
+cross-entropy or binary cross-entropy; validation after every epoch, keeping the best checkpoint;
+the test score of that checkpoint. Process set-up, accumulation, precision, logging and
+checkpoints are the engine's. The runner over folds, the frozen-probe comparison and the report
+are in finetune_run.py.
+
+Randomness of a micro-batch (augmentations, Patchout, drop-path) is drawn from
+(seed, rank, step, micro-step) alone, so a run killed at any moment resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..checkpoint import load_checkpoint
+from ..checkpoint.loader import Checkpoint
+from ..config import FinetuneConfig, FinetuneInfo
+from ..evaluation.metrics import score
+from ..evaluation.tasks import Split, Task, TaskError
+from ..features.predict import Predictor
+from ..files import atomic_write_text
+from ..model.classifier import Classifier
+from .augment import mixup, random_gain, spec_augment
+from .clips import ClipBatches, balanced_weights, crop_samples, one_hot_targets
+from .engine import Dist, Trainer, param_groups, split_batch
+
+log = logging.getLogger(__name__)
+
+EVAL_CLIPS = 64  # clips decoded and classified together when validating and testing
+
+
+def prepare(cfg: FinetuneConfig, ck: Checkpoint, task: Task) -> FinetuneConfig:
+    """Check the config against the checkpoint and the task before anything runs; -> the config
+    with its 'auto' choices made and the input width set. ConfigError / TaskError otherwise."""
+    cfg = cfg.for_task(task.kind).validate()
+    cfg.model.n_frames = cfg.model.check_encoder(ck.config.model.encoder).n_frames
+    if task.kind == "multilabel" and task.metric == "accuracy":
+        raise TaskError(f"task {task.name}: metric 'accuracy' is single-label and the task is multi-label; "
+                        "use mAP or roc_auc")
+    return cfg
+
+
+def layer_scale(name: str, depth: int, decay: float) -> float:
+    """Layer-wise lr decay of Classifier parameter `name`: decay ** (depth + 1 - layer), where layer
+    0 is the patch embedding and [CLS], layer i + 1 block i, and depth + 1 the final norm and head."""
+    if name.startswith(("encoder.patch_embed.", "encoder.cls_token")):
+        layer = 0
+    elif name.startswith("encoder.blocks."):
+        layer = int(name.split(".")[2]) + 1
+    else:
+        layer = depth + 1
+    return decay ** (depth + 1 - layer)
+
+
+def micro_seed(seed: int, rank: int, step: int, micro_step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step, micro_step]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def build_classifier(ck: Checkpoint, n_classes: int, cfg: FinetuneConfig) -> Classifier:
+    """A Classifier on the checkpoint's encoder weights, with a new head (seeded by train.seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = Classifier(ck.config.model.encoder, n_classes, cfg.model)
+    model.encoder.load_state_dict(ck.model.encoder.state_dict())
+    return model
+
+
+@dataclass
+class FoldResult:
+    """One fold's fine-tuned model and its scores (the fold's result.json)."""
+    name: str               # the fold's run folder name: `model` (single split) or `fold-<fold>`
+    run: str                # the fold's run folder; its `latest` names the kept checkpoint
+    train: int              # clips in the training, validation and test parts
+    valid_clips: int
+    test_clips: int
+    best_epoch: int         # epochs done when the kept checkpoint was validated
+    best_step: int
+    valid: float            # the task metric on the validation part, of the kept checkpoint
+    test: float             # ... and on the test part
+    confusion: list | None  # (C, C) test counts, rows = true class (single-label tasks)
+
+
+class FoldTrainer:
+    """Fine-tunes one fold into run_dir; `run()` -> FoldResult, or None when stopped at max_steps."""
+
+    def __init__(self, cfg: FinetuneConfig, ck: Checkpoint, task: Task, split: Split, clips, run_dir: Path,
+                 env: Dist, resume: bool = False, progress: bool = True):
+        self.cfg, self.ck, self.task, self.split, self.env = cfg, ck, task, split, env
+        self.clips, self.run_dir = clips, Path(run_dir)  # clips(indices) -> waveforms at the model's rate
+        train, C = cfg.train, len(task.classes)
+        self.micro, accum = split_batch(train, env.world)
+        self.y = task.targets()
+        self.targets = one_hot_targets(self.y, C)
+        self.weights = balanced_weights(self.y[split.train]) if cfg.sampler == "balanced" else None
+        self.crop = crop_samples(ck.config.frontend, cfg.model.n_frames)
+        steps_per_epoch = len(self.epoch_data(0)) // accum
+        self.model = build_classifier(ck, C, cfg).to(env.device)
+        depth = self.model.encoder.cfg.depth
+        groups = param_groups(self.model, train.weight_decay, partial(layer_scale, depth=depth, decay=cfg.layer_decay))
+        info = FinetuneInfo(list(task.classes), task.kind, task.metric, cfg, task.name, split.name,
+                            source=dict(path=str(ck.path), step=ck.step, epoch=ck.epoch))
+        meta = {k: v for k, v in ck.to_json().items() if k not in ("step", "epoch", "finetune")}
+        self.trainer = Trainer(self.model, groups, train, env, steps_per_epoch, self.run_dir,
+                               dict(meta, finetune=info.to_dict()), resume=resume, progress=progress)
+        self.predictor = Predictor(self.model, ck.config.frontend, ck.norm_stats, task.classes, task.kind)
+        self.mean, self.std = ck.norm_stats.tensors(env.device)
+
+    def epoch_data(self, epoch: int) -> ClipBatches:
+        t, s = self.cfg.train, self.split
+        return ClipBatches(self.clips, s.train, self.targets[s.train], self.crop, self.micro, t.seed, epoch,
+                           self.env.rank, self.env.world, self.weights)
+
+    def inputs(self, waves: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """waves (B, S_w) -> normalised log-mel (B, 1, F, T); frames past each clip's `real` frames
+        are 0, the padding that windows of short clips get at inference."""
+        T = self.cfg.model.n_frames
+        x = (self.predictor.frontend(waves)[..., :T] - self.mean) / self.std            # (B, F, T)
+        inside = torch.arange(T, device=x.device) < real[:, None]                        # (B, T)
+        return (x * inside[:, None, :])[:, None]
+
+    def loss(self, net: torch.nn.Module, batch, step: int, micro_step: int) -> torch.Tensor:
+        """One micro-batch: augment, front-end, classifier (Patchout, drop-path), loss."""
+        cfg, aug, device = self.cfg, self.cfg.augment, self.env.device
+        waves, lengths, y = batch
+        frontend = self.ck.config.frontend
+        real = torch.tensor([frontend.num_frames(n) for n in lengths.tolist()], device=device)
+        waves, y = waves.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        seed = micro_seed(cfg.train.seed, self.env.rank, step, micro_step)
+        torch.manual_seed(seed)  # drop-path draws from the global generator
+        generator = torch.Generator(device).manual_seed(seed)
+        # Augmentations and the front-end in full precision, outside the step's bf16 autocast.
+        with torch.autocast(device.type, enabled=False):
+            waves = random_gain(waves, aug.gain_db, generator)
+            if aug.mixup in ("waveform", "both"):
+                waves, y, perm = mixup(waves, y, aug.mixup_alpha, generator, remove_mean=True)
+                real = torch.maximum(real, real[perm])
+            x = self.inputs(waves, real)
+            if aug.mixup in ("spectrogram", "both"):
+                x, y, _ = mixup(x, y, aug.mixup_alpha, generator)
+            x = spec_augment(x, aug.freq_mask, aug.time_mask, generator)
+        logits = net(x, generator=generator).float()                                    # (B, C)
+        if cfg.loss == "ce":
+            return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        return F.binary_cross_entropy_with_logits(logits, y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2)
+
+    def probabilities(self, idx: np.ndarray) -> np.ndarray:
+        """(N, C) clip probabilities of task clips `idx`, windowed as `predict` does."""
+        precision = "bf16" if self.cfg.train.bf16 else "fp32"
+        out = [self.predictor.predict(self.clips(idx[i:i + EVAL_CLIPS]), self.predictor.sample_rate,
+                                      precision=precision).float().cpu().numpy()
+               for i in range(0, len(idx), EVAL_CLIPS)]
+        return np.concatenate(out)
+
+    def validate(self, epoch: int) -> None:
+        """After each epoch: score the validation part, log it, keep the best checkpoint. Every rank
+        scores (the same weights give the same score), so all agree on checkpointing."""
+        trainer, metric = self.trainer, self.task.metric
+        value = score(metric, self.y[self.split.valid], self.probabilities(self.split.valid))
+        trainer.log(dict(event="validation", step=trainer.step, epoch=epoch, **{metric: value}), prefix="val")
+        log.info("fold %s, epoch %d: validation %s %.4f", self.split.name, epoch, metric, value)
+        if value > trainer.extras.get("best", -math.inf):
+            trainer.extras.update(best=value, best_step=trainer.step, best_epoch=epoch + 1)
+            trainer.checkpoint("best")
+
+    def run(self, max_steps: int | None = None) -> FoldResult | None:
+        trainer = self.trainer
+        trainer.fit(self.epoch_data, self.loss, max_steps, on_epoch_end=self.validate)
+        if trainer.step < trainer.total_steps:
+            return None
+        state, _ = load_checkpoint(trainer.checkpoints / "best", map_location=self.env.device)
+        self.model.load_state_dict(state)
+        test = self.split.test
+        probs = self.probabilities(test)
+        confusion = None
+        if self.task.kind != "multilabel":
+            n = len(self.task.classes)
+            confusion = np.bincount(self.y[test] * n + probs.argmax(1), minlength=n * n).reshape(n, n).tolist()
+        result = FoldResult(self.run_dir.name, str(self.run_dir), len(self.split.train), len(self.split.valid),
+                            len(test), trainer.extras["best_epoch"], trainer.extras["best_step"],
+                            trainer.extras["best"], score(self.task.metric, self.y[test], probs), confusion)
+        if self.env.main:
+            # `specmae.load(run)` and `predict` take the kept checkpoint, not the last one.
+            atomic_write_text(self.run_dir / "latest", "checkpoints/best\n")
+            atomic_write_text(self.run_dir / "result.json", json.dumps(asdict(result), indent=1))
+        self.env.barrier()
+        return result
+
+
+def read_result(run_dir: Path) -> FoldResult | None:
+    """The result of a fold that finished, or None."""
+    path = Path(run_dir) / "result.json"
+    return FoldResult(**json.loads(path.read_text())) if path.is_file() else None
