@@ -89,13 +89,17 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def read_latest(pointer: Path) -> str:
-    """The checkpoint name a `latest` pointer holds; it must name a checkpoint folder beside it."""
+    """The checkpoint a `latest` pointer holds: a folder beside it or below it (a fine-tuning run's
+    `fold-1/checkpoints/best`), never outside the folder that holds the pointer."""
     try:
         name = pointer.read_text().strip()
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{pointer}: unreadable pointer ({e})") from e
-    if not name or name != Path(name).name or name.startswith(".") or not (pointer.parent / name).is_dir():
-        raise CheckpointError(f"{pointer}: names {name[:80]!r}, which is not a checkpoint folder beside it")
+    parts = Path(name).parts
+    if (not name or Path(name).is_absolute() or any(p.startswith(".") for p in parts)
+            or not (pointer.parent / name).is_dir()):
+        raise CheckpointError(f"{pointer}: names {name[:80]!r}, which is not a checkpoint folder inside "
+                              f"{pointer.parent}")
     return name
 
 
