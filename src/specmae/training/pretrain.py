@@ -24,8 +24,10 @@ from ..config import RunConfig
 from ..masking import HINTED, Masker, hint_ratio
 from ..model.mae import MaskedAutoencoder
 from .data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
-from .engine import Dist, Trainer, param_groups, setup, split_batch
-from .engine import init_distributed  # noqa: F401  (cli.py imports it from here)
+from .engine import Dist, Trainer, init_distributed, param_groups, setup, split_batch
+
+# init_distributed is the engine's; cli.py imports it from here with pretrain().
+__all__ = ["Trained", "init_distributed", "open_corpus", "pretrain"]
 
 log = logging.getLogger(__name__)
 
