@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import shutil
 import statistics
 import tempfile
 import time
@@ -130,6 +131,7 @@ def main() -> None:
     print(f"\nengine / before, median of per-block ratios: {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.3f}-{max(ratios):.3f})")
     print(f"load average after: {load_average():.2f}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # the Trainer's (empty) log folder
 
 
 if __name__ == "__main__":
