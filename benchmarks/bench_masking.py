@@ -20,7 +20,7 @@ import torch
 from common import load_average, machine, timeit, training_step
 from specmae.model.mae import MaskedAutoencoder
 from specmae.masking import PATTERNS, Masker, MaskingConfig, hint_ratio
-from specmae.training.pretrain import param_groups
+from specmae.training.engine import param_groups
 from specmae.model.presets import model_config
 
 STRATEGIES = {

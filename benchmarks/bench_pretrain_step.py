@@ -18,7 +18,7 @@ import torch
 
 from common import load_average, machine, mae_step_flops, matmul_peak, sync, timeit, training_step
 from specmae.model.mae import MaskedAutoencoder
-from specmae.training.pretrain import param_groups
+from specmae.training.engine import param_groups
 from specmae.model.presets import model_config
 
 
