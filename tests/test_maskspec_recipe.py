@@ -101,3 +101,26 @@ def test_the_maskspec_demo_recipe_learns(tmp_path):
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
     scores = builtin_comparison(result.checkpoint, n_clips=360)
     assert scores["pre-trained"] > scores["random init"], scores
+
+
+def test_reconstructions_of_a_normalised_target_model_are_drawn_at_the_true_levels():
+    """A norm_pix_loss model predicts patches standardised per patch: a perfect prediction,
+    pasted back by visualize.reconstruct, must give the input itself."""
+    from specmae.model.mae import build_mae
+    from specmae.model.presets import model_config
+    from specmae.visualize import reconstruct
+
+    model = build_mae(model_config("128x96p16x16", "tiny", depth=1, decoder_depth=1, decoder_norm_pix_loss=True,
+                                   qkv_bias="full", decoder_pos="2d"), seed=0).eval()
+    x = torch.randn(2, 1, 128, 96, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    target = model.patchify(x)
+    perfect = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+
+    def forward(x, ratio, ids_shuffle=None, generator=None):
+        mask = torch.zeros(x.shape[0], model.cfg.encoder.num_patches)
+        mask[:, ::2] = 1
+        return torch.tensor(0.0), perfect, mask
+
+    model.forward = forward
+    recon, mask, _ = reconstruct(model, x, 0.75)
+    torch.testing.assert_close(recon, x, atol=1e-4, rtol=1e-4)

@@ -278,3 +278,16 @@ def compose(layers: list[dict], klass=RunConfig):
     for layer in layers:
         d = merge(d, layer)
     return klass.from_dict(d)
+
+
+def compose_cli(layers: list[dict], flags: dict[str, Any], sets: list[str] | None, klass=RunConfig):
+    """A command's config: defaults <- `layers` (read config files) <- named `flags`
+    ({'train.epochs': 3, ...}; None = not given) <- `--set key=value` items, validated as a whole."""
+    named: dict = {}
+    for key, value in flags.items():
+        if value is not None:
+            set_path(named, key, value)
+    overrides: dict = {}
+    for item in sets or []:
+        set_path(overrides, *parse_set(item))
+    return compose(list(layers) + [named, overrides], klass).validate()

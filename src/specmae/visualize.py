@@ -48,10 +48,18 @@ def plot_loss_curve(log_path: str | os.PathLike, out: str | os.PathLike) -> Path
 @torch.no_grad()
 def reconstruct(model: MaskedAutoencoder, x: torch.Tensor, mask_ratio: float,
                 ids_shuffle: torch.Tensor | None = None, generator: torch.Generator | None = None):
-    """x: (B, 1, F, T) normalised -> (reconstruction with visible patches pasted back, mask (B, L), loss)."""
+    """x: (B, 1, F, T) normalised -> (reconstruction with visible patches pasted back, mask (B, L), loss).
+
+    A model trained on per-patch normalised targets (norm_pix_loss) predicts each patch's shape,
+    not its level: its predictions are drawn with the true patch's mean and std put back, as the
+    MAE authors draw theirs, so that the figure compares like with like.
+    """
     loss, pred, mask = model(x, mask_ratio, ids_shuffle=ids_shuffle, generator=generator)
     patches = model.patchify(x)
-    pasted = torch.where(mask[..., None].bool(), pred.float(), patches)
+    pred = pred.float()
+    if model.cfg.decoder.norm_pix_loss:
+        pred = pred * (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + patches.mean(dim=-1, keepdim=True)
+    pasted = torch.where(mask[..., None].bool(), pred, patches)
     return model.unpatchify(pasted), mask, loss.item()
 
 
@@ -86,7 +94,9 @@ def plot_reconstruction(model: MaskedAutoencoder, x: torch.Tensor, out: str | os
                 f_row, t_col = divmod(idx, n_t)
                 ax.add_patch(Rectangle((t_col * enc.patch_t - 0.5, f_row * enc.patch_f - 0.5),
                                        enc.patch_t, enc.patch_f, fill=False, ec="cyan", lw=0.9))
+    note = "; per-patch normalised target, hidden patches drawn at their true mean and std" \
+        if model.cfg.decoder.norm_pix_loss else ""
     fig.suptitle(f"masked reconstruction, mask ratio {mask_ratio:.2f}, loss {loss:.4f} "
-                 f"(cyan: visible patches; frequency up, time right)", fontsize=10)
+                 f"(cyan: visible patches; frequency up, time right{note})", fontsize=10)
     path = save_png(fig, out)
     return path

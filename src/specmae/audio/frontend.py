@@ -154,6 +154,16 @@ def reflect_indices(pos: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(pos >= n, period - pos, pos)
 
 
+def check_input(wave: torch.Tensor, device: torch.device) -> None:
+    """A front-end's input: (B, S) or (S,), at least one sample, on the front-end's device."""
+    if wave.ndim not in (1, 2):
+        raise ValueError(f"wave: expected shape (B, S) or (S,), got {tuple(wave.shape)}")
+    if wave.shape[-1] == 0:
+        raise AudioError("<waveform>: empty audio (0 samples)")
+    if wave.device != device:
+        raise ValueError(f"wave is on {wave.device} but the front-end on {device}; use .to()")
+
+
 def frame_span(x: torch.Tensor, t0: int, t1: int, hop: int, n_fft: int) -> torch.Tensor:
     """Samples under centred frames t0..t1-1 of x (B, S): (B, (t1 - t0 - 1) * hop + n_fft), reflect-padded.
 
@@ -221,12 +231,7 @@ class LogMelFrontend(torch.nn.Module):
         load_audio and check_waveform do it where the audio enters. Not differentiable (the
         mel products write into preallocated buffers).
         """
-        if wave.ndim not in (1, 2):
-            raise ValueError(f"wave: expected shape (B, S) or (S,), got {tuple(wave.shape)}")
-        if wave.shape[-1] == 0:
-            raise AudioError("<waveform>: empty audio (0 samples)")
-        if wave.device != self.window.device:
-            raise ValueError(f"wave is on {wave.device} but the front-end on {self.window.device}; use .to()")
+        check_input(wave, self.window.device)
         x = wave.reshape(-1, wave.shape[-1]).to(self.mel_fb.dtype)  # (B, S)
         n_frames = self.num_frames(x.shape[-1])
         out = x.new_empty(x.shape[0], self.cfg.n_mels, n_frames)  # (B, F, T)

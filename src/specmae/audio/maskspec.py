@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from ..schema import ConfigError
-from .decode import AudioError
-from .frontend import FrontendConfig, frame_span
+from .frontend import FrontendConfig, check_input, frame_span
 
 PRE_EMPHASIS = 0.97
 
@@ -96,12 +95,7 @@ class MaskSpecFrontend(torch.nn.Module):
         Values are not scanned for NaN/inf here (that would force a device sync on every call);
         load_audio and check_waveform do it where the audio enters. Not differentiable.
         """
-        if wave.ndim not in (1, 2):
-            raise ValueError(f"wave: expected shape (B, S) or (S,), got {tuple(wave.shape)}")
-        if wave.shape[-1] == 0:
-            raise AudioError("<waveform>: empty audio (0 samples)")
-        if wave.device != self.window.device:
-            raise ValueError(f"wave is on {wave.device} but the front-end on {self.window.device}; use .to()")
+        check_input(wave, self.window.device)
         x = wave.reshape(-1, wave.shape[-1]).to(self.window.dtype)  # (B, S) float64
         if x.shape[-1] == 1:
             y = torch.zeros_like(x)

@@ -11,7 +11,7 @@ from pathlib import Path
 def pretrain_config(args: argparse.Namespace):
     """Defaults <- --config file <- named flags <- --set key=value, validated as a whole. A resumed
     run starts from its own config.json, so only the options given are checked against it."""
-    from ..config import compose, parse_set, read_config_file, set_path
+    from ..config import compose_cli, read_config_file
     from ..model.presets import DECODER_SIZES, ENCODER_SIZES, parse_preset
     from ..schema import ConfigError
 
@@ -37,14 +37,7 @@ def pretrain_config(args: argparse.Namespace):
                   "train.checkpoint_every": args.checkpoint_every, "masking.strategy": args.masking,
                   "masking.ratio": args.mask_ratio, "masking.hint_ratio": args.hint_ratio,
                   "train.bf16": True if args.bf16 else None, "train.compile": True if args.compile else None})
-    named: dict = {}
-    for key, value in flags.items():
-        if value is not None:
-            set_path(named, key, value)
-    overrides: dict = {}
-    for item in args.set or []:
-        set_path(overrides, *parse_set(item))
-    return compose(layers + [named, overrides]).validate()
+    return compose_cli(layers, flags, args.set)
 
 
 def run_config(run_dir: Path) -> dict:
@@ -110,14 +103,11 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from ..config import compose, parse_set, read_config_file, set_path
+    from ..config import compose_cli, read_config_file
     from ..files import OutputError, check_output, is_empty_folder
     from ..training.data import prepare_corpus
 
-    overrides: dict = {}
-    for item in args.set or []:
-        set_path(overrides, *parse_set(item))
-    cfg = compose(([read_config_file(args.config)] if args.config else []) + [overrides]).validate()
+    cfg = compose_cli([read_config_file(args.config)] if args.config else [], {}, args.set)
     out = check_output(args.out, "folder", "prepared corpus")
     if out.is_dir() and not is_empty_folder(out) and not (out / "index.json").is_file():
         raise OutputError(f"{out}: not empty and not a prepared corpus (no index.json); choose a new or empty folder")

@@ -25,7 +25,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def finetune_config(args: argparse.Namespace):
     """Fine-tuning defaults <- --config file <- named flags <- --set key=value, validated as a whole."""
-    from ..config import FinetuneConfig, compose, parse_set, read_config_file, set_path
+    from ..config import FinetuneConfig, compose_cli, read_config_file
 
     layers = [read_config_file(args.config)] if args.config else []
     flags = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.micro_batch": args.micro_batch,
@@ -34,14 +34,7 @@ def finetune_config(args: argparse.Namespace):
              "model.pool": args.pool, "model.patchout": args.patchout, "augment.mixup": args.mixup,
              "probe": args.probe, "train.bf16": True if args.bf16 else None,
              "train.compile": True if args.compile else None}
-    named: dict = {}
-    for key, value in flags.items():
-        if value is not None:
-            set_path(named, key, value)
-    overrides: dict = {}
-    for item in args.set or []:
-        set_path(overrides, *parse_set(item))
-    return compose(layers + [named, overrides], FinetuneConfig).validate()
+    return compose_cli(layers, flags, args.set, FinetuneConfig)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
