@@ -124,23 +124,29 @@ def _batches(todo: list[tuple[Path, str]], sample_rate: int, batch_seconds: floa
         yield batch
 
 
-def _embed_batch(embedder: Embedder, batch: list[tuple[str, np.ndarray]], summary: EmbedSummary, **options):
-    """-> [(name, Embeddings of one clip)]; a clip that fails alone is reported and dropped."""
+def run_batch(fn, batch: list[tuple[str, np.ndarray]], failed: list[tuple[str, str]]) -> list:
+    """fn(names, waves) -> one result per clip, for a batch [(name, wave)] -> [(name, result)].
+
+    When the batch fails on a clip (unreadable audio, a non-finite result) it is run again clip by
+    clip: the culprits are reported in `failed` (and the log) and dropped, the rest are kept.
+    """
     names = [n for n, _ in batch]
     try:
-        out = embedder.embed([w for _, w in batch], embedder.sample_rate, names=names, **options)
-        return [(n, f, t, c) for n, f, t, c in zip(names, out.frames, out.timestamps, out.clip)]
-    except (AudioError, FloatingPointError):
+        return list(zip(names, fn(names, [w for _, w in batch])))
+    except (AudioError, FloatingPointError) as e:
         if len(batch) == 1:
-            raise
-    results = []
-    for item in batch:  # find the culprit: embed one by one
-        try:
-            results += _embed_batch(embedder, [item], summary, **options)
-        except (AudioError, FloatingPointError) as e:
-            summary.failed.append((item[0], str(e)))
+            failed.append((names[0], str(e)))
             log.warning("skipped %s", e)
-    return results
+            return []
+    return [item for one in batch for item in run_batch(fn, [one], failed)]
+
+
+def _embed_batch(embedder: Embedder, batch: list[tuple[str, np.ndarray]], summary: EmbedSummary, **options):
+    """-> [(name, frames, timestamps, clip)] of the clips that embed."""
+    def embed(names, waves):
+        out = embedder.embed(waves, embedder.sample_rate, names=names, **options)
+        return zip(out.frames, out.timestamps, out.clip)
+    return [(n, *r) for n, r in run_batch(embed, batch, summary.failed)]
 
 
 def check_target(out: str | Path | None = None, table: str | Path | None = None) -> tuple[Path, Path]:

@@ -37,12 +37,12 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..audio import AudioError, FrontendConfig
+from ..audio import FrontendConfig
 from ..audio.normalize import NormStats
 from ..checkpoint.loader import Checkpoint
 from ..files import atomic_write_text
 from ..model.classifier import Classifier
-from .embed import _batches, find_audio
+from .embed import _batches, find_audio, run_batch
 from .embedder import CHUNK_TOKENS, PRECISIONS, Embedder
 
 log = logging.getLogger(__name__)
@@ -139,22 +139,9 @@ class PredictSummary:
 
 def _predict_batch(model: Predictor, batch: list[tuple[str, np.ndarray]], summary: PredictSummary,
                    precision: str) -> list[tuple[str, Tensor]]:
-    """-> [(name, probabilities (C,))]; a clip that fails alone is reported and dropped."""
-    names = [n for n, _ in batch]
-    try:
-        probs = model.predict([w for _, w in batch], model.sample_rate, names=names, precision=precision)
-        return list(zip(names, probs))
-    except (AudioError, FloatingPointError):
-        if len(batch) == 1:
-            raise
-    results = []
-    for item in batch:  # find the culprit: one by one
-        try:
-            results += _predict_batch(model, [item], summary, precision)
-        except (AudioError, FloatingPointError) as e:
-            summary.failed.append((item[0], str(e)))
-            log.warning("skipped %s", e)
-    return results
+    """-> [(name, probabilities (C,))] of the clips that can be read."""
+    return run_batch(lambda names, waves: model.predict(waves, model.sample_rate, names=names, precision=precision),
+                     batch, summary.failed)
 
 
 def predict_files(model: Predictor, inputs: list[str | Path], out: str | Path, *, checkpoint: str = "",
