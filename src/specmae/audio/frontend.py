@@ -164,6 +164,14 @@ def check_input(wave: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"wave is on {wave.device} but the front-end on {device}; use .to()")
 
 
+def frame_chunks(n_frames: int, x: torch.Tensor, cpu_chunk_frames: int):
+    """(t0, t1) frame ranges to compute at a time for a batch x (B, S): on the CPU about
+    `cpu_chunk_frames` frames of the whole batch, so that its arrays stay in cache; GPUs take all."""
+    step = max(1, cpu_chunk_frames // max(x.shape[0], 1)) if x.device.type == "cpu" else n_frames
+    for t0 in range(0, n_frames, step):
+        yield t0, min(n_frames, t0 + step)
+
+
 def frame_span(x: torch.Tensor, t0: int, t1: int, hop: int, n_fft: int) -> torch.Tensor:
     """Samples under centred frames t0..t1-1 of x (B, S): (B, (t1 - t0 - 1) * hop + n_fft), reflect-padded.
 
@@ -235,9 +243,7 @@ class LogMelFrontend(torch.nn.Module):
         x = wave.reshape(-1, wave.shape[-1]).to(self.mel_fb.dtype)  # (B, S)
         n_frames = self.num_frames(x.shape[-1])
         out = x.new_empty(x.shape[0], self.cfg.n_mels, n_frames)  # (B, F, T)
-        step = max(1, self.cpu_chunk_frames // x.shape[0]) if x.device.type == "cpu" else n_frames
-        for t0 in range(0, n_frames, step):
-            t1 = min(n_frames, t0 + step)
+        for t0, t1 in frame_chunks(n_frames, x, self.cpu_chunk_frames):
             out[:, :, t0:t1] = self._log_mel(frame_span(x, t0, t1, self.cfg.hop_length, self.cfg.n_fft))
         return out[0] if wave.ndim == 1 else out
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..schema import ConfigError
-from .frontend import FrontendConfig, check_input, frame_span
+from .frontend import FrontendConfig, check_input, frame_chunks, frame_span
 
 PRE_EMPHASIS = 0.97
 
@@ -103,9 +103,7 @@ class MaskSpecFrontend(torch.nn.Module):
             y = x[:, 1:] - PRE_EMPHASIS * x[:, :-1]  # (B, S - 1)
         n_frames = self.num_frames(x.shape[-1])
         out = self.mel_fb.new_empty(x.shape[0], self.cfg.n_mels, n_frames)  # (B, F, T)
-        step = max(1, self.cpu_chunk_frames // max(x.shape[0], 1)) if x.device.type == "cpu" else n_frames
-        for t0 in range(0, n_frames, step):
-            t1 = min(n_frames, t0 + step)
+        for t0, t1 in frame_chunks(n_frames, x, self.cpu_chunk_frames):
             out[:, :, t0:t1] = self._log_mel(frame_span(y, t0, t1, self.cfg.hop_length, self.cfg.n_fft))
         return out[0] if wave.ndim == 1 else out
 

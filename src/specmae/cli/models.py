@@ -23,9 +23,14 @@ def cmd_embed(args: argparse.Namespace) -> None:
                           precision=args.precision)
     print(f"embedded {summary.embedded} files ({summary.seconds_of_audio:.1f} s of audio), "
           f"skipped {summary.skipped} already done, failed {len(summary.failed)}")
-    for name, reason in summary.failed:
+    exit_on_failures(summary.failed)
+
+
+def exit_on_failures(failed: list[tuple[str, str]]) -> None:
+    """List the files a batch job skipped and end with status 1 when there were any."""
+    for name, reason in failed:
         print(f"  failed: {reason}" if name in reason else f"  failed: {name}: {reason}")
-    if summary.failed:
+    if failed:
         raise SystemExit(1)
 
 

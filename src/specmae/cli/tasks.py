@@ -64,6 +64,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..features import load
     from ..features.predict import Predictor, predict_files
+    from .models import exit_on_failures
 
     model = load(args.run, args.device)
     if not isinstance(model, Predictor):
@@ -74,10 +75,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                             overwrite=args.overwrite, progress=not args.quiet)
     print(f"predicted {summary.predicted} files ({summary.seconds_of_audio:.1f} s of audio), "
           f"skipped {summary.skipped} already done, failed {len(summary.failed)}: {args.out}")
-    for name, reason in summary.failed:
-        print(f"  failed: {reason}" if name in reason else f"  failed: {name}: {reason}")
-    if summary.failed:
-        raise SystemExit(1)
+    exit_on_failures(summary.failed)
 
 
 def add_parsers(sub) -> None:
