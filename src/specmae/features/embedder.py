@@ -1,6 +1,6 @@
 """Frame and clip features from a frozen encoder, for audio of any length (docs/architecture.md).
 
-    waveform (S,) --LogMelFrontend--> log-mel (F, T_lms) --normalise--> T-frame chunks
+    waveform (S,) --front-end (build_frontend)--> log-mel (F, T_lms) --normalise--> T-frame chunks
       --encoder on all patches--> frame features (ceil(T_lms / p_t), N_F*D) --time mean--> clip (N_F*D,)
 
 Chunking is the official MSM-MAE runtime's, whose embeddings it reproduces, with one change:
@@ -255,7 +255,7 @@ class Embedder(nn.Module):
     def embed_lms(self, lms: Tensor | Sequence[Tensor], *, names: Sequence[str] | None = None,
                   layers: int | Sequence[int] | None = None, layer_mode: str | None = None,
                   normalization: str | None = None, precision: str | None = None) -> Embeddings:
-        """Like `embed`, from log-mel as LogMelFrontend gives it (not normalised):
+        """Like `embed`, from log-mel as the checkpoint's front-end gives it (not normalised):
         (F, T), (B, F, T), or a list of (F, T_i), on the model's device."""
         options = self._options(layers, layer_mode, normalization, precision)
         kind = "list" if isinstance(lms, (list, tuple)) else "one" if lms.ndim == 2 else "batch"

@@ -2,12 +2,12 @@
 
 What the artefact computes, for one batch of log-mel chunks of the model's width:
 
-    lms    (B, F, T) float32 log-mel as LogMelFrontend gives it (natural log, NOT normalised)
+    lms    (B, F, T) float32 log-mel as the checkpoint's front-end gives it (NOT normalised by the corpus statistics)
     -> normalisation with the checkpoint's stored statistics -> encoder on all patches
     -> frames (B, N_T, N_F*D) float32 frame features of the last layer
 
 The front-end (STFT, mel filters) and the chunking of longer audio are NOT inside: compute the
-log-mel (LogMelFrontend, or librosa with the same filters), cut it into T-frame chunks, pad the
+log-mel (`build_frontend` of the config's front-end), cut it into T-frame chunks, pad the
 last one with the stored mean (0 after normalisation), and keep the first ceil(T_lms / p_t)
 frames; features.py does exactly this. The batch size is dynamic. The checkpoint's config
 (front-end, statistics, preset) travels with the artefact as `specmae.json`.
