@@ -1,0 +1,383 @@
+"""Preparing a pre-training corpus: audio files -> float16 log-mel shards (the format: corpus.py, docs/data.md).
+
+How a preparation holds at AudioSet scale (2 million files, days of CPU time):
+
+- Files are decoded in worker processes, at most WINDOW_PER_WORKER per worker in flight, and
+  their log-mel taken in file order: memory stays bounded whatever the corpus size, and the
+  shards are the same whatever the number of workers.
+- A shard is closed once it holds `shard_bytes` of frames, so its boundaries are a function of
+  the sorted file list and the files' contents alone. It is committed atomically: frames written
+  under a temporary name, fsynced and renamed, then its index and sources table, then the
+  manifest that lists it (written atomically). Whatever lies in shards/ but is not in the
+  manifest is what an interrupted run left, and the next run deletes it first.
+- A file is prepared once: a run prepares the files that no committed shard holds - the rest of
+  an interrupted run (which then ends byte-identical to an uninterrupted one), files added to
+  the source, and files changed since (size or modification time). The clips of changed and
+  removed files are dropped from the indexes; their frames stay in the shard until --rebuild.
+- The normalisation statistics are measured once, at the end, on random crops of the whole corpus.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..audio import AUDIO_EXTENSIONS, AudioError, FrontendConfig, build_frontend, load_audio
+from ..files import atomic_write_bytes, atomic_write_text, fsync_dir
+from .corpus import (FORMAT, INDEX, LEGACY_KEYS, MANIFEST, SHARDS, VERSION, escape, open_shards, read_manifest,
+                     read_table)
+from .sources import file_stat, list_sources
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_BYTES = 1 << 30
+# One source file of a pre-training corpus; longer ones are skipped (prepare_corpus's max_seconds).
+# Crops are drawn per clip, so hours of one file add little, and a file this long is more often
+# a header that lies or a concatenation gone wrong than a recording.
+MAX_CLIP_SECONDS = 3 * 3600
+WINDOW_PER_WORKER = 4
+OK, DROPPED = "ok", "dropped"  # a source row's status; any other status is the reason it was skipped
+LEGACY_LEFTOVERS = ("lms.f16", "lms.f16.tmp")  # an interrupted preparation of the older format
+
+
+def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: FrontendConfig, n_frames: int,
+                   workers: int = 0, *, max_seconds: float | None = MAX_CLIP_SECONDS, rebuild: bool = False,
+                   incremental: bool = True, shard_bytes: int | None = None, progress: bool = False) -> Path:
+    """Prepare the audio files of `source` (a folder, a file, or a .txt/.csv list) into corpus folder `out`.
+
+    Bad files (unreadable, lying headers, longer than `max_seconds`, silent, samples non-finite or
+    far beyond full scale, a non-finite log-mel) are reported once each and listed in errors.tsv.
+    A corpus already in `out` is continued: only files no committed shard holds are prepared, and
+    the clips of changed or removed files dropped. With `incremental=False` a finished corpus whose
+    files changed is refused instead (a training run's own corpus must stay what it trained on).
+    `rebuild` prepares `out` again from scratch, also when its front-end or format differs (else
+    refused). A folder that holds anything but a specmae corpus is always refused, never written into.
+    """
+    out = Path(out)
+    files, missing = list_sources(source)
+    if not files and not missing:
+        raise ValueError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
+    manifest = _existing_manifest(out, frontend, rebuild)
+    tables = {e["name"]: read_table(out / SHARDS / f"{e['name']}.src") for e in manifest["shards"]} if manifest else {}
+    now = {str(p): file_stat(p) for p in files}
+    live = {row[0]: (int(row[1]), int(row[2])) for rows in tables.values() for row in rows if row[3] != DROPPED}
+    changed = [p for p, stat in live.items() if p in now and now[p] != stat]
+    added = [p for p in now if p not in live]
+    removed = [p for p in live if p not in now]
+    if manifest is not None and manifest["complete"]:
+        if not (changed or added or removed) and manifest["frontend"] == frontend.to_dict():
+            log.info("reusing prepared corpus %s", out)
+            return out
+        if (changed or added or removed) and not incremental:
+            raise ValueError(f"{out}: holds a corpus prepared from other audio or settings than {source} has now "
+                             f"({_describe(changed, added, removed)}); it is left as it is: remove it or prepare "
+                             "into another folder")
+    if manifest is None:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = dict(format=FORMAT, version=VERSION, shard_bytes=shard_bytes or DEFAULT_SHARD_BYTES, shards=[])
+    elif shard_bytes and shard_bytes != manifest["shard_bytes"]:
+        log.warning("%s: keeps its shard size of %d bytes (not %d), so that its shards stay a function of its files",
+                    out, manifest["shard_bytes"], shard_bytes)
+    # Written first: from here on the folder is a corpus, not finished until the statistics are in.
+    manifest.update(frontend=frontend.to_dict(), complete=False)
+    manifest.pop("norm_stats", None)
+    _write_manifest(out, manifest)
+    (out / SHARDS).mkdir(exist_ok=True)
+    _discard_uncommitted(out, manifest)
+    _drop(out, manifest, tables, set(changed) | set(removed))
+    redo = set(changed) | set(added)
+    todo = [p for p in files if str(p) in redo]
+    errors = [(row[0], row[3]) for e in manifest["shards"] for row in tables[e["name"]] if row[3] not in (OK, DROPPED)]
+    writer = ShardWriter(out, manifest, errors, missing)
+    for path, reason in missing:
+        log.warning("skipping %s", reason)
+    if todo:
+        log.info("preparing %d files into %s (%d already prepared, %d dropped)", len(todo), out,
+                 len(live) - len(changed) - len(removed), len(changed) + len(removed))
+    try:
+        _prepare_files(todo, now, frontend, max_seconds, workers, writer, progress)
+    except OSError as e:
+        writer.discard()
+        if e.errno != errno.ENOSPC:
+            raise
+        full = OSError(f"{out}: no space left on the device while writing shard {writer.name}; the "
+                       f"{len(manifest['shards'])} shards committed so far are intact and the unfinished one was "
+                       "removed: free some space and run the same command again to resume")
+        full.errno = errno.ENOSPC
+        raise full from e
+    except BaseException:
+        writer.discard()
+        raise
+    return _finish(out, manifest, writer.all_errors(), n_frames, source, len(files) + len(missing))
+
+
+def _prepare_files(todo: list[Path], stats: dict, frontend: FrontendConfig, max_seconds: float | None,
+                   workers: int, writer: "ShardWriter", progress: bool) -> None:
+    started, seconds = time.perf_counter(), 0.0
+    bar = tqdm(total=len(todo), unit="file", desc="prepare", disable=not progress, dynamic_ncols=True)
+    for path, lms, error in _log_mels(todo, frontend, max_seconds, workers):
+        if error is not None:
+            log.warning("skipping %s", error)
+        else:
+            seconds += len(lms) * frontend.hop_length / frontend.sample_rate
+        writer.add(path, stats[path], lms, error)
+        bar.update()
+        if bar.n % 64 == 0 or bar.n == len(todo):
+            bar.set_postfix_str(f"{seconds / 3600 / (time.perf_counter() - started):.3g} audio h/s", refresh=False)
+    writer.finish()
+    bar.close()
+    if todo:
+        elapsed = time.perf_counter() - started
+        log.info("prepared %d files, %.2f h of audio, in %.0f s: %.1f files/s, %.3g audio h/s", len(todo),
+                 seconds / 3600, elapsed, len(todo) / elapsed, seconds / 3600 / elapsed)
+
+
+def _finish(out: Path, manifest: dict, errors: list[tuple[str, str]], n_frames: int, source, n_files: int) -> Path:
+    """Measure the statistics on the whole corpus and mark it complete."""
+    _write_errors(out, errors)
+    corpus = open_shards(out, manifest)
+    if not len(corpus):
+        raise ValueError(f"{source}: none of the {n_files} audio files could be read "
+                         f"(first error: {errors[0][1] if errors else 'none'})")
+    stats = corpus.stats(n_frames)
+    frames = int(corpus.lengths.sum())
+    manifest.update(complete=True, clips=len(corpus), frames=frames, stats_frames=n_frames,
+                    hours=round(frames * corpus.frontend.hop_length / corpus.frontend.sample_rate / 3600, 3),
+                    norm_stats=stats.to_json())
+    _write_manifest(out, manifest)
+    log.info("prepared corpus %s: %d clips (%.1f h) in %d shards; %d files skipped (errors.tsv)", out, len(corpus),
+             manifest["hours"], len(manifest["shards"]), len(errors))
+    return out
+
+
+class ShardWriter:
+    """Appends clips to the next shard in file order and commits it once it holds `shard_bytes`."""
+
+    def __init__(self, out: Path, manifest: dict, errors: list[tuple[str, str]], missing: list[tuple[str, str]]):
+        self.out, self.manifest, self.errors, self.missing = out, manifest, errors, missing
+        self.bytes_per_frame = manifest["frontend"]["n_mels"] * 2
+        self.number = 1 + max((int(e["name"]) for e in manifest["shards"]), default=-1)
+        self._open()
+
+    def _open(self) -> None:
+        self.name = f"{self.number:05d}"
+        self.path = self.out / SHARDS / self.name
+        self.file = open(f"{self.path}.f16.tmp", "wb")
+        self.index: list[tuple[int, int, int]] = []  # (source row, offset, length)
+        self.rows: list[list[str]] = []              # path, size, mtime_ns, status
+        self.frames = 0
+
+    def add(self, path: str, stat: tuple[int, int], lms: np.ndarray | None, error: str | None) -> None:
+        """One source file, in order: its log-mel (T, F) float16, or why it was skipped."""
+        if lms is not None:
+            write_frames(self.file, lms)
+            self.index.append((len(self.rows), self.frames, len(lms)))
+            self.frames += len(lms)
+        self.rows.append([path, str(stat[0]), str(stat[1]), OK if lms is not None else error])
+        if self.frames * self.bytes_per_frame >= self.manifest["shard_bytes"]:
+            self.commit()
+            self.number += 1
+            self._open()
+
+    def commit(self) -> None:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(f"{self.path}.f16.tmp", f"{self.path}.f16")
+        atomic_write_bytes(f"{self.path}.idx", np.array(self.index, INDEX).tobytes())
+        _write_table(Path(f"{self.path}.src"), self.rows)
+        fsync_dir(self.out / SHARDS)
+        self.errors += [(row[0], row[3]) for row in self.rows if row[3] != OK]
+        _write_errors(self.out, self.all_errors())
+        self.manifest["shards"].append(dict(name=self.name, clips=len(self.index), frames=self.frames,
+                                            sources=len(self.rows)))
+        _write_manifest(self.out, self.manifest)  # the commit: from here on the shard is part of the corpus
+        log.info("committed shard %s: %d clips, %d frames", self.name, len(self.index), self.frames)
+
+    def finish(self) -> None:
+        """Commit the last, partly filled shard; a shard of nothing is not written."""
+        if self.rows:
+            self.commit()
+        else:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the shard being written, if it was not committed."""
+        self.file.close()
+        if all(e["name"] != self.name for e in self.manifest["shards"]):
+            for suffix in (".f16.tmp", ".f16", ".idx", ".src"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def all_errors(self) -> list[tuple[str, str]]:
+        return self.errors + self.missing
+
+
+def write_frames(file, lms: np.ndarray) -> None:
+    """Append (T, F) float16 frames to the shard being written (the one write a full disk fails)."""
+    file.write(lms.tobytes())
+
+
+def _log_mels(todo: list[Path], frontend: FrontendConfig, max_seconds: float | None, workers: int):
+    """-> (path, log-mel (T, F) float16 or None, error or None) per file, in order; at most
+    WINDOW_PER_WORKER files per worker decoded ahead, so memory does not grow with the corpus."""
+    jobs = ((p, frontend, max_seconds) for p in todo)
+    if workers <= 0:
+        yield from map(_lms_of_file, jobs)
+        return
+    pool = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        window: deque = deque()
+        for job in jobs:
+            window.append(pool.submit(_lms_of_file, job))
+            if len(window) >= WINDOW_PER_WORKER * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _frontend(items: tuple) -> torch.nn.Module:
+    """One front-end per worker process and config, not one per file (it builds the mel bank)."""
+    return build_frontend(FrontendConfig.from_dict(dict(items)))
+
+
+def _lms_of_file(args) -> tuple[str, np.ndarray | None, str | None]:
+    """(path, front-end config, max seconds) -> (path, log-mel (T, F) float16 or None, error or None)."""
+    path, cfg, max_seconds = args
+    try:
+        wave = load_audio(path, cfg.sample_rate, max_seconds)
+        if not wave.any():
+            return str(path), None, f"{path}: digital silence (every sample is 0)"
+        with torch.no_grad():
+            lms = _frontend(tuple(sorted(cfg.to_dict().items())))(torch.from_numpy(wave))  # (F, T)
+    except AudioError as e:
+        return str(path), None, str(e)
+    lms = lms.T.numpy().astype(np.float16)
+    if not np.isfinite(lms).all():  # after the cast: float16 overflows past 65504
+        return str(path), None, f"{path}: log-mel is not finite (samples far outside [-1, 1]?)"
+    return str(path), lms, None
+
+
+# --- the corpus folder ------------------------------------------------------------------------------
+
+def _existing_manifest(out: Path, frontend: FrontendConfig, rebuild: bool) -> dict | None:
+    """The manifest of the corpus in `out` to continue; None to start afresh (absent, empty, the
+    leftovers of an older interrupted preparation, or cleared by `rebuild`). ValueError when `out`
+    holds anything else, or a corpus of another front-end or format without `rebuild`."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ValueError(f"{out}: is a file; a prepared corpus is a folder")
+    if (out / MANIFEST).exists():
+        if rebuild:
+            read_manifest(out, any_version=True)  # ours, of whatever version: it may go
+            log.warning("preparing %s again from scratch (--rebuild)", out)
+            _clear(out)
+            return None
+        manifest = read_manifest(out)
+        before, now = manifest["frontend"], frontend.to_dict()
+        fields = sorted(k for k in before.keys() | now.keys() if k != "stats" and before.get(k) != now.get(k))
+        if fields:
+            raise ValueError(f"{out}: holds a corpus prepared with another front-end (front-end "
+                             + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in fields)
+                             + "); it is left as it is: pass --rebuild to prepare it again, or prepare into "
+                               "another folder")
+        return manifest  # other statistics (global / per-bin) at most: measured again at the end
+    if (out / "index.json").exists():
+        _check_legacy(out)
+        if not rebuild:
+            raise ValueError(f"{out}: holds a corpus of specmae's older single-file format (lms.f16 + index.json), "
+                             "which still loads for training as it is; to prepare it in the sharded format "
+                             "(resumable, incremental, quick to open) pass --rebuild, or prepare into another folder")
+        (out / "index.json").unlink()
+    others = sorted(p.name for p in out.iterdir() if p.name not in LEGACY_LEFTOVERS)
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(f"{out}: not empty and not a prepared corpus (holds {listed}); prepare into a new "
+                         "or empty folder")
+    for name in LEGACY_LEFTOVERS:
+        (out / name).unlink(missing_ok=True)
+    return None
+
+
+def _check_legacy(out: Path) -> None:
+    path = out / "index.json"
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); not touching {out}: prepare into another folder") from e
+    if not isinstance(index, dict) or not LEGACY_KEYS <= index.keys():
+        raise ValueError(f"{path}: not a specmae corpus index; not touching {out}: prepare into another folder")
+
+
+def _clear(out: Path) -> None:
+    """Remove a corpus of ours from `out` (--rebuild): its shards first, the manifest last."""
+    shards = out / SHARDS
+    if shards.is_dir():
+        for p in shards.iterdir():
+            if p.name.split(".")[0].isdigit() or p.name.startswith("."):
+                p.unlink()
+        shards.rmdir()
+    (out / "errors.tsv").unlink(missing_ok=True)
+    (out / MANIFEST).unlink()
+
+
+def _discard_uncommitted(out: Path, manifest: dict) -> None:
+    """Delete what an interrupted run left in shards/: files of shards the manifest does not list."""
+    committed = {e["name"] for e in manifest["shards"]}
+    for p in (out / SHARDS).iterdir():
+        if p.is_file() and (p.name.startswith(".") or p.name.endswith(".tmp") or p.name.split(".")[0] not in committed):
+            log.info("removing %s, left by an interrupted preparation", p)
+            p.unlink()
+
+
+def _drop(out: Path, manifest: dict, tables: dict[str, list[list[str]]], gone: set[str]) -> None:
+    """Mark the rows of `gone` files dropped in their shards' sources tables, then remove from every
+    index the clips whose row is not 'ok' (which also completes a drop that was interrupted)."""
+    for entry in manifest["shards"]:
+        name, rows = entry["name"], tables[entry["name"]]
+        marked = [row for row in rows if row[0] in gone and row[3] != DROPPED]
+        for row in marked:
+            row[3] = DROPPED
+        if marked:
+            _write_table(out / SHARDS / f"{name}.src", rows)
+        index = np.fromfile(out / SHARDS / f"{name}.idx", INDEX)
+        keep = np.array([row[3] == OK for row in rows], bool)[index["source"]] if len(index) else np.ones(0, bool)
+        if not keep.all():
+            atomic_write_bytes(out / SHARDS / f"{name}.idx", index[keep].tobytes())
+        entry["clips"] = int(keep.sum())
+    _write_manifest(out, manifest)
+
+
+def _write_table(path: Path, rows: list[list[str]]) -> None:
+    atomic_write_text(path, "".join("\t".join(map(escape, row)) + "\n" for row in rows))
+
+
+def _write_errors(out: Path, errors: list[tuple[str, str]]) -> None:
+    atomic_write_text(out / "errors.tsv", "path\treason\n" + "".join(f"{escape(p)}\t{escape(r)}\n" for p, r in errors))
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def _describe(changed: list[str], added: list[str], removed: list[str]) -> str:
+    parts = []
+    for what, names in (("changed", changed), ("added", added), ("removed", removed)):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{len(names)} file{'s' * (len(names) > 1)} {what}: {', '.join(names[:3])}{more}")
+    return "; ".join(parts)
