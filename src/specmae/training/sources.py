@@ -9,6 +9,7 @@ sorted order, so the shards a preparation writes depend on the files alone.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def read_list_file(path: Path) -> list[str]:
         raise ValueError(f"{path}: unreadable list of audio files ({e})") from e
     if path.suffix.lower() == ".txt":
         return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    rows = [row for row in csv.reader(text.splitlines()) if row and any(cell.strip() for cell in row)]
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(cell.strip() for cell in row)]
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     column = header.index("path") if "path" in header else 0
     return [row[column].strip() for row in rows[1 if "path" in header else 0:] if len(row) > column and row[column].strip()]
