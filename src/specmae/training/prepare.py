@@ -2,7 +2,7 @@
 
 How a preparation holds at AudioSet scale (2 million files, days of CPU time):
 
-- Files are decoded in worker processes, at most WINDOW_PER_WORKER per worker in flight, and
+- Files are decoded in worker processes, at most CHUNK x WINDOW_PER_WORKER per worker in flight, and
   their log-mel taken in file order: memory stays bounded whatever the corpus size, and the
   shards are the same whatever the number of workers.
 - A shard is closed once it holds `shard_bytes` of frames, so its boundaries are a function of
@@ -46,7 +46,7 @@ DEFAULT_SHARD_BYTES = 1 << 30
 # Crops are drawn per clip, so hours of one file add little, and a file this long is more often
 # a header that lies or a concatenation gone wrong than a recording.
 MAX_CLIP_SECONDS = 3 * 3600
-WINDOW_PER_WORKER = 4
+CHUNK, WINDOW_PER_WORKER = 8, 2  # files per task, tasks in flight per worker
 OK, DROPPED = "ok", "dropped"  # a source row's status; any other status is the reason it was skipped
 LEGACY_LEFTOVERS = ("lms.f16", "lms.f16.tmp")  # an interrupted preparation of the older format
 
@@ -229,23 +229,38 @@ def write_frames(file, lms: np.ndarray) -> None:
 
 
 def _log_mels(todo: list[Path], frontend: FrontendConfig, max_seconds: float | None, workers: int):
-    """-> (path, log-mel (T, F) float16 or None, error or None) per file, in order; at most
-    WINDOW_PER_WORKER files per worker decoded ahead, so memory does not grow with the corpus."""
-    jobs = ((p, frontend, max_seconds) for p in todo)
+    """-> (path, log-mel (T, F) float16 or None, error or None) per file, in order.
+
+    Files go to the workers CHUNK at a time (one round trip per file would cost more than a short
+    file's decoding), and at most WINDOW_PER_WORKER chunks per worker are in flight, so memory
+    does not grow with the corpus. One file's small matrix products gain nothing from threads,
+    and threads fighting over busy cores cost much: every decoder runs one torch thread.
+    """
+    chunks = ([(p, frontend, max_seconds) for p in todo[i:i + CHUNK]] for i in range(0, len(todo), CHUNK))
     if workers <= 0:
-        yield from map(_lms_of_file, jobs)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for chunk in chunks:
+                yield from _lms_of_files(chunk)
+        finally:
+            torch.set_num_threads(threads)
         return
     pool = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
     try:
         window: deque = deque()
-        for job in jobs:
-            window.append(pool.submit(_lms_of_file, job))
+        for chunk in chunks:
+            window.append(pool.submit(_lms_of_files, chunk))
             if len(window) >= WINDOW_PER_WORKER * workers:
-                yield window.popleft().result()
+                yield from window.popleft().result()
         while window:
-            yield window.popleft().result()
+            yield from window.popleft().result()
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _lms_of_files(chunk: list) -> list[tuple[str, np.ndarray | None, str | None]]:
+    return [_lms_of_file(job) for job in chunk]
 
 
 @functools.lru_cache(maxsize=4)
