@@ -69,9 +69,9 @@ def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: 
     if not files and not missing:
         raise ValueError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
     manifest = _existing_manifest(out, frontend, rebuild)
-    tables = {e["name"]: read_table(out / SHARDS / f"{e['name']}.src") for e in manifest["shards"]} if manifest else {}
-    now = {str(p): file_stat(p) for p in files}
-    live = {row[0]: (int(row[1]), int(row[2])) for rows in tables.values() for row in rows if row[3] != DROPPED}
+    files = [str(p) for p in files]  # a str is half a Path's memory: it counts with 2 million files
+    now = {p: file_stat(p) for p in files}
+    live = _live_sources(out, manifest) if manifest else {}
     changed = [p for p, stat in live.items() if p in now and now[p] != stat]
     added = [p for p in now if p not in live]
     removed = [p for p in live if p not in now]
@@ -95,10 +95,9 @@ def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: 
     _write_manifest(out, manifest)
     (out / SHARDS).mkdir(exist_ok=True)
     _discard_uncommitted(out, manifest)
-    _drop(out, manifest, tables, set(changed) | set(removed))
+    errors = _drop(out, manifest, set(changed) | set(removed))
     redo = set(changed) | set(added)
-    todo = [p for p in files if str(p) in redo]
-    errors = [(row[0], row[3]) for e in manifest["shards"] for row in tables[e["name"]] if row[3] not in (OK, DROPPED)]
+    todo = [p for p in files if p in redo]
     writer = ShardWriter(out, manifest, errors, missing)
     for path, reason in missing:
         log.warning("skipping %s", reason)
@@ -122,7 +121,7 @@ def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: 
     return _finish(out, manifest, writer.all_errors(), n_frames, source, len(files) + len(missing))
 
 
-def _prepare_files(todo: list[Path], stats: dict, frontend: FrontendConfig, max_seconds: float | None,
+def _prepare_files(todo: list[str], stats: dict, frontend: FrontendConfig, max_seconds: float | None,
                    workers: int, writer: "ShardWriter", progress: bool) -> None:
     started, seconds = time.perf_counter(), 0.0
     bar = tqdm(total=len(todo), unit="file", desc="prepare", disable=not progress, dynamic_ncols=True)
@@ -228,7 +227,7 @@ def write_frames(file, lms: np.ndarray) -> None:
     file.write(lms.tobytes())
 
 
-def _log_mels(todo: list[Path], frontend: FrontendConfig, max_seconds: float | None, workers: int):
+def _log_mels(todo: list[str], frontend: FrontendConfig, max_seconds: float | None, workers: int):
     """-> (path, log-mel (T, F) float16 or None, error or None) per file, in order.
 
     Files go to the workers CHUNK at a time (one round trip per file would cost more than a short
@@ -359,22 +358,38 @@ def _discard_uncommitted(out: Path, manifest: dict) -> None:
             p.unlink()
 
 
-def _drop(out: Path, manifest: dict, tables: dict[str, list[list[str]]], gone: set[str]) -> None:
-    """Mark the rows of `gone` files dropped in their shards' sources tables, then remove from every
-    index the clips whose row is not 'ok' (which also completes a drop that was interrupted)."""
+def _live_sources(out: Path, manifest: dict) -> dict[str, tuple[int, int]]:
+    """{path: (size, mtime_ns)} of every source file the committed shards hold (prepared or skipped),
+    read one sources table at a time."""
+    live = {}
     for entry in manifest["shards"]:
-        name, rows = entry["name"], tables[entry["name"]]
+        for path, size, mtime, status in read_table(out / SHARDS / f"{entry['name']}.src"):
+            if status != DROPPED:
+                live[path] = (int(size), int(mtime))
+    return live
+
+
+def _drop(out: Path, manifest: dict, gone: set[str]) -> list[tuple[str, str]]:
+    """Mark the rows of `gone` files dropped in their shards' sources tables, then remove from every
+    index the clips whose row is not 'ok' (which also completes a drop that was interrupted).
+    -> (path, reason) of the skipped files that remain, in shard order."""
+    errors = []
+    for entry in manifest["shards"]:
+        base = out / SHARDS / entry["name"]
+        rows = read_table(Path(f"{base}.src"))
         marked = [row for row in rows if row[0] in gone and row[3] != DROPPED]
         for row in marked:
             row[3] = DROPPED
         if marked:
-            _write_table(out / SHARDS / f"{name}.src", rows)
-        index = np.fromfile(out / SHARDS / f"{name}.idx", INDEX)
+            _write_table(Path(f"{base}.src"), rows)
+        errors += [(row[0], row[3]) for row in rows if row[3] not in (OK, DROPPED)]
+        index = np.fromfile(f"{base}.idx", INDEX)
         keep = np.array([row[3] == OK for row in rows], bool)[index["source"]] if len(index) else np.ones(0, bool)
         if not keep.all():
-            atomic_write_bytes(out / SHARDS / f"{name}.idx", index[keep].tobytes())
+            atomic_write_bytes(f"{base}.idx", index[keep].tobytes())
         entry["clips"] = int(keep.sum())
     _write_manifest(out, manifest)
+    return errors
 
 
 def _write_table(path: Path, rows: list[list[str]]) -> None:
