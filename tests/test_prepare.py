@@ -18,7 +18,7 @@ import torch
 
 from specmae.audio import FrontendConfig, build_frontend, load_audio, synth
 from specmae.cli import main
-from specmae.training import prepare
+from specmae.training import shards
 from specmae.training.corpus import INDEX, CropBatches, load_corpus, read_table
 from specmae.training.prepare import prepare_corpus
 
@@ -170,7 +170,7 @@ def test_a_full_disk_keeps_the_committed_shards_and_the_run_resumes(tmp_path, au
             raise OSError(errno.ENOSPC, "No space left on device")
         file.write(lms.tobytes())
 
-    monkeypatch.setattr(prepare, "write_frames", full)
+    monkeypatch.setattr(shards, "write_frames", full)
     out = tmp_path / "corpus"
     with pytest.raises(OSError) as err:
         prepare_corpus(audio, out, FrontendConfig(), FRAMES, shard_bytes=SHARD)

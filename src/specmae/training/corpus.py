@@ -241,7 +241,8 @@ def load_corpus(folder: str | os.PathLike) -> tuple[Corpus, NormStats]:
         if not manifest.get("complete"):
             raise ValueError(f"{folder}: its preparation did not finish; run the same `specmae prepare` again to "
                              "resume it")
-        return open_shards(folder, manifest), NormStats.parse(manifest["norm_stats"], f"{folder / MANIFEST}: norm_stats")
+        stats = NormStats.parse(manifest["norm_stats"], f"{folder / MANIFEST}: norm_stats")
+        return open_shards(folder, manifest), stats
     try:
         index = json.loads((folder / "index.json").read_text())
         if not isinstance(index, dict) or not LEGACY_KEYS <= index.keys():

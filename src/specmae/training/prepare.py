@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import os
 import time
@@ -34,9 +33,9 @@ import torch
 from tqdm import tqdm
 
 from ..audio import AUDIO_EXTENSIONS, AudioError, FrontendConfig, build_frontend, load_audio
-from ..files import atomic_write_bytes, atomic_write_text, fsync_dir
-from .corpus import (FORMAT, INDEX, LEGACY_KEYS, MANIFEST, SHARDS, VERSION, escape, open_shards, read_manifest,
-                     read_table)
+from .corpus import FORMAT, SHARDS, VERSION, open_shards
+from .shards import (ShardWriter, discard_uncommitted, drop, existing_manifest, live_sources, write_errors,
+                     write_manifest)
 from .sources import file_stat, list_sources
 
 log = logging.getLogger(__name__)
@@ -47,8 +46,6 @@ DEFAULT_SHARD_BYTES = 1 << 30
 # a header that lies or a concatenation gone wrong than a recording.
 MAX_CLIP_SECONDS = 3 * 3600
 CHUNK, WINDOW_PER_WORKER = 8, 2  # files per task, tasks in flight per worker
-OK, DROPPED = "ok", "dropped"  # a source row's status; any other status is the reason it was skipped
-LEGACY_LEFTOVERS = ("lms.f16", "lms.f16.tmp")  # an interrupted preparation of the older format
 
 
 def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: FrontendConfig, n_frames: int,
@@ -68,10 +65,10 @@ def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: 
     files, missing = list_sources(source)
     if not files and not missing:
         raise ValueError(f"{source}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
-    manifest = _existing_manifest(out, frontend, rebuild)
+    manifest = existing_manifest(out, frontend, rebuild)
     files = [str(p) for p in files]  # a str is half a Path's memory: it counts with 2 million files
     now = {p: file_stat(p) for p in files}
-    live = _live_sources(out, manifest) if manifest else {}
+    live = live_sources(out, manifest) if manifest else {}
     changed = [p for p, stat in live.items() if p in now and now[p] != stat]
     added = [p for p in now if p not in live]
     removed = [p for p in live if p not in now]
@@ -92,10 +89,10 @@ def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: 
     # Written first: from here on the folder is a corpus, not finished until the statistics are in.
     manifest.update(frontend=frontend.to_dict(), complete=False)
     manifest.pop("norm_stats", None)
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     (out / SHARDS).mkdir(exist_ok=True)
-    _discard_uncommitted(out, manifest)
-    errors = _drop(out, manifest, set(changed) | set(removed))
+    discard_uncommitted(out, manifest)
+    errors = drop(out, manifest, set(changed) | set(removed))
     redo = set(changed) | set(added)
     todo = [p for p in files if p in redo]
     writer = ShardWriter(out, manifest, errors, missing)
@@ -122,7 +119,7 @@ def prepare_corpus(source: str | os.PathLike, out: str | os.PathLike, frontend: 
 
 
 def _prepare_files(todo: list[str], stats: dict, frontend: FrontendConfig, max_seconds: float | None,
-                   workers: int, writer: "ShardWriter", progress: bool) -> None:
+                   workers: int, writer: ShardWriter, progress: bool) -> None:
     started, seconds = time.perf_counter(), 0.0
     bar = tqdm(total=len(todo), unit="file", desc="prepare", disable=not progress, dynamic_ncols=True)
     for path, lms, error in _log_mels(todo, frontend, max_seconds, workers):
@@ -144,7 +141,7 @@ def _prepare_files(todo: list[str], stats: dict, frontend: FrontendConfig, max_s
 
 def _finish(out: Path, manifest: dict, errors: list[tuple[str, str]], n_frames: int, source, n_files: int) -> Path:
     """Measure the statistics on the whole corpus and mark it complete."""
-    _write_errors(out, errors)
+    write_errors(out, errors)
     corpus = open_shards(out, manifest)
     if not len(corpus):
         raise ValueError(f"{source}: none of the {n_files} audio files could be read "
@@ -154,77 +151,10 @@ def _finish(out: Path, manifest: dict, errors: list[tuple[str, str]], n_frames: 
     manifest.update(complete=True, clips=len(corpus), frames=frames, stats_frames=n_frames,
                     hours=round(frames * corpus.frontend.hop_length / corpus.frontend.sample_rate / 3600, 3),
                     norm_stats=stats.to_json())
-    _write_manifest(out, manifest)
+    write_manifest(out, manifest)
     log.info("prepared corpus %s: %d clips (%.1f h) in %d shards; %d files skipped (errors.tsv)", out, len(corpus),
              manifest["hours"], len(manifest["shards"]), len(errors))
     return out
-
-
-class ShardWriter:
-    """Appends clips to the next shard in file order and commits it once it holds `shard_bytes`."""
-
-    def __init__(self, out: Path, manifest: dict, errors: list[tuple[str, str]], missing: list[tuple[str, str]]):
-        self.out, self.manifest, self.errors, self.missing = out, manifest, errors, missing
-        self.bytes_per_frame = manifest["frontend"]["n_mels"] * 2
-        self.number = 1 + max((int(e["name"]) for e in manifest["shards"]), default=-1)
-        self._open()
-
-    def _open(self) -> None:
-        self.name = f"{self.number:05d}"
-        self.path = self.out / SHARDS / self.name
-        self.file = open(f"{self.path}.f16.tmp", "wb")
-        self.index: list[tuple[int, int, int]] = []  # (source row, offset, length)
-        self.rows: list[list[str]] = []              # path, size, mtime_ns, status
-        self.frames = 0
-
-    def add(self, path: str, stat: tuple[int, int], lms: np.ndarray | None, error: str | None) -> None:
-        """One source file, in order: its log-mel (T, F) float16, or why it was skipped."""
-        if lms is not None:
-            write_frames(self.file, lms)
-            self.index.append((len(self.rows), self.frames, len(lms)))
-            self.frames += len(lms)
-        self.rows.append([path, str(stat[0]), str(stat[1]), OK if lms is not None else error])
-        if self.frames * self.bytes_per_frame >= self.manifest["shard_bytes"]:
-            self.commit()
-            self.number += 1
-            self._open()
-
-    def commit(self) -> None:
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(f"{self.path}.f16.tmp", f"{self.path}.f16")
-        atomic_write_bytes(f"{self.path}.idx", np.array(self.index, INDEX).tobytes())
-        _write_table(Path(f"{self.path}.src"), self.rows)
-        fsync_dir(self.out / SHARDS)
-        self.errors += [(row[0], row[3]) for row in self.rows if row[3] != OK]
-        _write_errors(self.out, self.all_errors())
-        self.manifest["shards"].append(dict(name=self.name, clips=len(self.index), frames=self.frames,
-                                            sources=len(self.rows)))
-        _write_manifest(self.out, self.manifest)  # the commit: from here on the shard is part of the corpus
-        log.info("committed shard %s: %d clips, %d frames", self.name, len(self.index), self.frames)
-
-    def finish(self) -> None:
-        """Commit the last, partly filled shard; a shard of nothing is not written."""
-        if self.rows:
-            self.commit()
-        else:
-            self.discard()
-
-    def discard(self) -> None:
-        """Remove the shard being written, if it was not committed."""
-        self.file.close()
-        if all(e["name"] != self.name for e in self.manifest["shards"]):
-            for suffix in (".f16.tmp", ".f16", ".idx", ".src"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-
-    def all_errors(self) -> list[tuple[str, str]]:
-        return self.errors + self.missing
-
-
-def write_frames(file, lms: np.ndarray) -> None:
-    """Append (T, F) float16 frames to the shard being written (the one write a full disk fails)."""
-    file.write(lms.tobytes())
 
 
 def _log_mels(todo: list[str], frontend: FrontendConfig, max_seconds: float | None, workers: int):
@@ -283,125 +213,6 @@ def _lms_of_file(args) -> tuple[str, np.ndarray | None, str | None]:
     if not np.isfinite(lms).all():  # after the cast: float16 overflows past 65504
         return str(path), None, f"{path}: log-mel is not finite (samples far outside [-1, 1]?)"
     return str(path), lms, None
-
-
-# --- the corpus folder ------------------------------------------------------------------------------
-
-def _existing_manifest(out: Path, frontend: FrontendConfig, rebuild: bool) -> dict | None:
-    """The manifest of the corpus in `out` to continue; None to start afresh (absent, empty, the
-    leftovers of an older interrupted preparation, or cleared by `rebuild`). ValueError when `out`
-    holds anything else, or a corpus of another front-end or format without `rebuild`."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise ValueError(f"{out}: is a file; a prepared corpus is a folder")
-    if (out / MANIFEST).exists():
-        if rebuild:
-            read_manifest(out, any_version=True)  # ours, of whatever version: it may go
-            log.warning("preparing %s again from scratch (--rebuild)", out)
-            _clear(out)
-            return None
-        manifest = read_manifest(out)
-        before, now = manifest["frontend"], frontend.to_dict()
-        fields = sorted(k for k in before.keys() | now.keys() if k != "stats" and before.get(k) != now.get(k))
-        if fields:
-            raise ValueError(f"{out}: holds a corpus prepared with another front-end (front-end "
-                             + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in fields)
-                             + "); it is left as it is: pass --rebuild to prepare it again, or prepare into "
-                               "another folder")
-        return manifest  # other statistics (global / per-bin) at most: measured again at the end
-    if (out / "index.json").exists():
-        _check_legacy(out)
-        if not rebuild:
-            raise ValueError(f"{out}: holds a corpus of specmae's older single-file format (lms.f16 + index.json), "
-                             "which still loads for training as it is; to prepare it in the sharded format "
-                             "(resumable, incremental, quick to open) pass --rebuild, or prepare into another folder")
-        (out / "index.json").unlink()
-    others = sorted(p.name for p in out.iterdir() if p.name not in LEGACY_LEFTOVERS)
-    if others:
-        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ValueError(f"{out}: not empty and not a prepared corpus (holds {listed}); prepare into a new "
-                         "or empty folder")
-    for name in LEGACY_LEFTOVERS:
-        (out / name).unlink(missing_ok=True)
-    return None
-
-
-def _check_legacy(out: Path) -> None:
-    path = out / "index.json"
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable ({e}); not touching {out}: prepare into another folder") from e
-    if not isinstance(index, dict) or not LEGACY_KEYS <= index.keys():
-        raise ValueError(f"{path}: not a specmae corpus index; not touching {out}: prepare into another folder")
-
-
-def _clear(out: Path) -> None:
-    """Remove a corpus of ours from `out` (--rebuild): its shards first, the manifest last."""
-    shards = out / SHARDS
-    if shards.is_dir():
-        for p in shards.iterdir():
-            if p.name.split(".")[0].isdigit() or p.name.startswith("."):
-                p.unlink()
-        shards.rmdir()
-    (out / "errors.tsv").unlink(missing_ok=True)
-    (out / MANIFEST).unlink()
-
-
-def _discard_uncommitted(out: Path, manifest: dict) -> None:
-    """Delete what an interrupted run left in shards/: files of shards the manifest does not list."""
-    committed = {e["name"] for e in manifest["shards"]}
-    for p in (out / SHARDS).iterdir():
-        if p.is_file() and (p.name.startswith(".") or p.name.endswith(".tmp") or p.name.split(".")[0] not in committed):
-            log.info("removing %s, left by an interrupted preparation", p)
-            p.unlink()
-
-
-def _live_sources(out: Path, manifest: dict) -> dict[str, tuple[int, int]]:
-    """{path: (size, mtime_ns)} of every source file the committed shards hold (prepared or skipped),
-    read one sources table at a time."""
-    live = {}
-    for entry in manifest["shards"]:
-        for path, size, mtime, status in read_table(out / SHARDS / f"{entry['name']}.src"):
-            if status != DROPPED:
-                live[path] = (int(size), int(mtime))
-    return live
-
-
-def _drop(out: Path, manifest: dict, gone: set[str]) -> list[tuple[str, str]]:
-    """Mark the rows of `gone` files dropped in their shards' sources tables, then remove from every
-    index the clips whose row is not 'ok' (which also completes a drop that was interrupted).
-    -> (path, reason) of the skipped files that remain, in shard order."""
-    errors = []
-    for entry in manifest["shards"]:
-        base = out / SHARDS / entry["name"]
-        rows = read_table(Path(f"{base}.src"))
-        marked = [row for row in rows if row[0] in gone and row[3] != DROPPED]
-        for row in marked:
-            row[3] = DROPPED
-        if marked:
-            _write_table(Path(f"{base}.src"), rows)
-        errors += [(row[0], row[3]) for row in rows if row[3] not in (OK, DROPPED)]
-        index = np.fromfile(f"{base}.idx", INDEX)
-        keep = np.array([row[3] == OK for row in rows], bool)[index["source"]] if len(index) else np.ones(0, bool)
-        if not keep.all():
-            atomic_write_bytes(f"{base}.idx", index[keep].tobytes())
-        entry["clips"] = int(keep.sum())
-    _write_manifest(out, manifest)
-    return errors
-
-
-def _write_table(path: Path, rows: list[list[str]]) -> None:
-    atomic_write_text(path, "".join("\t".join(map(escape, row)) + "\n" for row in rows))
-
-
-def _write_errors(out: Path, errors: list[tuple[str, str]]) -> None:
-    atomic_write_text(out / "errors.tsv", "path\treason\n" + "".join(f"{escape(p)}\t{escape(r)}\n" for p, r in errors))
-
-
-def _write_manifest(out: Path, manifest: dict) -> None:
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _describe(changed: list[str], added: list[str], removed: list[str]) -> str:

@@ -45,7 +45,8 @@ def read_list_file(path: Path) -> list[str]:
     rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(cell.strip() for cell in row)]
     header = [cell.strip().lower() for cell in rows[0]] if rows else []
     column = header.index("path") if "path" in header else 0
-    return [row[column].strip() for row in rows[1 if "path" in header else 0:] if len(row) > column and row[column].strip()]
+    body = rows[1:] if "path" in header else rows
+    return [row[column].strip() for row in body if len(row) > column and row[column].strip()]
 
 
 def file_stat(path: str | os.PathLike) -> tuple[int, int]:
