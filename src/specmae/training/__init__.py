@@ -1,6 +1,7 @@
 """Training: prepared corpora and crops, the training engine, the pre-training and fine-tuning recipes.
 
     prepare.py   audio files -> a prepared corpus of float16 log-mel shards (parallel, resumable, incremental)
+    shards.py    writing shards and the manifest atomically; the state of a corpus, to continue it
     corpus.py    reading prepared corpora (memory-mapped shards), deterministic random crops
     sources.py   the files a corpus is prepared from: a folder or a list file
     data.py      the names other code imports from the three above
