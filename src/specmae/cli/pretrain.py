@@ -135,7 +135,8 @@ def byte_size(text: str) -> int:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-train a masked autoencoder (under torchrun for many processes)")
-    p.add_argument("data", nargs="?", help="audio folder (recursive) or prepared corpus; default: built-in corpus")
+    p.add_argument("data", nargs="?", help="audio folder (recursive), .txt/.csv list of audio files, or prepared "
+                                         "corpus; default: built-in corpus")
     p.add_argument("--out", default="runs/pretrain", help="run folder (checkpoints, logs, figures)")
     p.add_argument("--config", help="YAML file or built-in config name (demo, msm-mae, maskspec, maskspec-demo)")
     p.add_argument("--preset", help="input/patch preset, e.g. 80x208p16x16")
