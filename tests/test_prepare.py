@@ -245,3 +245,20 @@ def test_cli_prepare_takes_the_folder_as_second_argument_and_a_shard_size(tmp_pa
     with pytest.raises(SystemExit):
         main(["prepare", str(audio), str(tmp_path / "a"), "--out", str(tmp_path / "b")])
     assert "name the corpus folder once" in capsys.readouterr().err
+
+
+def test_a_disk_that_fills_up_while_committing_leaves_the_manifest_as_it_was(tmp_path, audio, monkeypatch):
+    real, calls = shards.write_manifest, []
+
+    def full(out, manifest):
+        calls.append(len(manifest["shards"]))
+        if len(manifest["shards"]) == 2:  # recording the second shard
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(out, manifest)
+
+    monkeypatch.setattr(shards, "write_manifest", full)
+    out = tmp_path / "corpus"
+    with pytest.raises(OSError, match="while writing shard 00001; the 1 shards committed so far are intact"):
+        prepare_corpus(audio, out, FrontendConfig(), FRAMES, shard_bytes=SHARD)
+    assert [e["name"] for e in json.loads((out / "manifest.json").read_text())["shards"]] == ["00000"]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.f16", "00000.idx", "00000.src"]

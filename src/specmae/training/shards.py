@@ -64,9 +64,10 @@ class ShardWriter:
         fsync_dir(self.out / SHARDS)
         self.errors += [(row[0], row[3]) for row in self.rows if row[3] != OK]
         write_errors(self.out, self.all_errors())
-        self.manifest["shards"].append(dict(name=self.name, clips=len(self.index), frames=self.frames,
-                                            sources=len(self.rows)))
-        write_manifest(self.out, self.manifest)  # the commit: from here on the shard is part of the corpus
+        entry = dict(name=self.name, clips=len(self.index), frames=self.frames, sources=len(self.rows))
+        # The commit: from here on the shard is part of the corpus (a failed write leaves the old manifest).
+        write_manifest(self.out, {**self.manifest, "shards": [*self.manifest["shards"], entry]})
+        self.manifest["shards"].append(entry)
         log.info("committed shard %s: %d clips, %d frames", self.name, len(self.index), self.frames)
 
     def finish(self) -> None:
