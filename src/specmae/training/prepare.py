@@ -2,9 +2,9 @@
 
 How a preparation holds at AudioSet scale (2 million files, days of CPU time):
 
-- Files are decoded in worker processes, at most CHUNK x WINDOW_PER_WORKER per worker in flight, and
-  their log-mel taken in file order: memory stays bounded whatever the corpus size, and the
-  shards are the same whatever the number of workers.
+- Files are decoded in worker processes, at most CHUNK x WINDOW_PER_WORKER per worker in
+  flight, and their log-mel taken in file order: memory stays bounded whatever the corpus size,
+  and the shards are the same whatever the number of workers.
 - A shard is closed once it holds `shard_bytes` of frames, so its boundaries are a function of
   the sorted file list and the files' contents alone. It is committed atomically: frames written
   under a temporary name, fsynced and renamed, then its index and sources table, then the
