@@ -26,8 +26,10 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,6 +42,7 @@ from ..checkpoint import CheckpointError, commit_latest, save_checkpoint
 from ..config import TrainConfig
 from ..files import atomic_write_text
 from ..precision import cpu_bf16_speedup, native_bf16
+from ..schema import positive
 from .runs import Resumable, find_resumable
 
 log = logging.getLogger(__name__)
@@ -54,11 +57,17 @@ LossFn = Callable[[torch.nn.Module, Any, int, int], torch.Tensor]
 # ------------------------------------------------------------------------------------------
 
 
+class PeerLost(RuntimeError):
+    """A collective or the rendezvous failed: another process of the run is gone, or did not
+    answer within the timeout. The run continues from its last checkpoint with `--resume`."""
+
+
 @dataclass
 class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    timeout: float | None = None  # seconds a collective waits for the others; None: torch's default
 
     @property
     def main(self) -> bool:
@@ -66,11 +75,44 @@ class Dist:
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            with self.collective():
+                dist.barrier()
+
+    @contextlib.contextmanager
+    def collective(self):
+        """Run communicating code; a failure caused by a lost peer is raised as one-line PeerLost.
+
+        Only distributed errors are translated: torch's DistError family (rendezvous, store and
+        NCCL failures, timeouts) and gloo's transport failures, which torch raises as plain
+        RuntimeErrors ("Connection closed by peer", "Timed out waiting ... for recv").
+        """
+        try:
+            yield
+        except RuntimeError as e:
+            if not _lost_peer(e):
+                raise
+            waits = f"{self.timeout:g} s" if self.timeout is not None else "torch's default"
+            raise PeerLost(f"rank {self.rank} of {self.world}: a collective operation failed ({_first_sentence(e)}): "
+                           f"another process or node stopped, or did not answer within train.dist_timeout "
+                           f"({waits}); restart every node with --resume to continue from the last "
+                           "checkpoint") from e
 
 
-def init_distributed() -> Dist:
-    """Read torchrun's environment; one process per GPU, or CPU processes over gloo."""
+def _lost_peer(e: BaseException) -> bool:
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "gloo/transport/" in str(e))
+
+
+def _first_sentence(e: BaseException) -> str:
+    """Torch's message without its source location ("[.../pair.cc:553] ") and advice."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(e).split()))
+    return (text.split(". ")[0].rstrip(".") or type(e).__name__)[:200]
+
+
+def init_distributed(timeout: float | None = None) -> Dist:
+    """Read torchrun's environment; one process per GPU, or CPU processes over gloo.
+
+    `timeout` (seconds, default torch's: 10 minutes for NCCL, 30 for gloo) bounds how long the
+    rendezvous and each collective wait for the other processes (train.dist_timeout)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -82,9 +124,12 @@ def init_distributed() -> Dist:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    env = Dist(rank, world, device, timeout)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, device)
+        with env.collective():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=None if timeout is None else timedelta(seconds=timeout))
+    return env
 
 
 def setup(train: TrainConfig) -> Dist:
@@ -93,7 +138,8 @@ def setup(train: TrainConfig) -> Dist:
     Seeded here, before the recipe builds its model, so that every rank draws the same initial
     weights (DDP would broadcast rank 0's anyway; one process is then reproducible too).
     """
-    env = init_distributed()
+    positive("train.dist_timeout", train.dist_timeout)  # used before the recipe validates its config
+    env = init_distributed(train.dist_timeout)
     retain_freed_memory()
     if env.main and train.bf16 and env.device.type == "cpu" and not native_bf16(env.device):
         log.warning("bf16 autocast on a CPU whose bf16 matrix products are not faster than fp32 "
@@ -187,7 +233,8 @@ class Trainer:
             self.step = int(resume.train_state["step"])
             self.extras = dict(resume.train_state.get("extras", {}))
             log.info("resumed from %s at step %d", resume.path, self.step)
-        self.ddp = DistributedDataParallel(model) if env.world > 1 else None
+        with env.collective():  # DDP broadcasts rank 0's weights
+            self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         self.net = torch.compile(self.ddp or model) if train.compile else (self.ddp or model)
         self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step, resuming)
 
@@ -243,7 +290,8 @@ class Trainer:
                     pin_memory=self.env.device.type == "cuda", persistent_workers=False))
                 self.logger.epoch(self.step, epoch, on_epoch_start(epoch) if on_epoch_start else {})
             started = time.perf_counter()
-            loss, lr = self.train_step(batches, loss_fn)
+            with self.env.collective():
+                loss, lr = self.train_step(batches, loss_fn)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {self.step}; "
                                          "lower the learning rate or enable clip_grad")
