@@ -4,6 +4,7 @@ stops answering ends the other one within the timeout, with one line instead of 
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from specmae.model.mae import MaskedAutoencoder
+from specmae.training.pretrain import pretrain
 
 from test_cli import TINY
 from test_pretrain import tiny_run
@@ -59,9 +61,10 @@ def signal_node(proc: subprocess.Popen, sig: int) -> None:
 
 
 @contextmanager
-def two_nodes(logs: Path, *command: str):
-    """Start `torchrun --nnodes 2 --nproc_per_node 1 ... command` twice; node 0 hosts the rendezvous
-    store. Yields the two launchers; every process of both is killed on the way out."""
+def two_nodes(logs: Path, *command: str, node1: list[str] | None = None):
+    """Start `torchrun --nnodes 2 --nproc_per_node 1 ... command` twice (node 1 runs `node1` if
+    given); node 0 hosts the rendezvous store. Yields the two launchers; every process of both is
+    killed on the way out."""
     port, nodes = free_port(), []
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     try:
@@ -69,7 +72,7 @@ def two_nodes(logs: Path, *command: str):
             nodes.append(subprocess.Popen(
                 [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                  "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "multinode-test",
-                 "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=60", *command],
+                 "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=60", *(node1 if node and node1 else command)],
                 env=env, stdout=open(logs / f"node{node}.out", "w"), stderr=open(logs / f"node{node}.err", "w")))
         yield nodes
     finally:
@@ -122,8 +125,24 @@ def test_a_lost_node_ends_the_other_with_one_line(tmp_path, fault, timeout):
         assert waited < timeout, waited  # a closed connection is seen at once, not after the timeout
 
 
+def test_nodes_resuming_from_different_run_folders_stop_at_once(tmp_path):
+    # --out on each node's own disk: node 0 finds the interrupted run's checkpoint, node 1 only its config.
+    pretrain(tiny_run(), tmp_path / "a", progress=False, max_steps=4)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "config.json", tmp_path / "b")
+    resume = ["-m", "specmae.cli", "pretrain", "--resume", "--quiet", "--no-report", "--out"]
+    with two_nodes(tmp_path, *resume, str(tmp_path / "a"), node1=[*resume, str(tmp_path / "b")]) as nodes:
+        codes = [proc.wait(timeout=60) for proc in nodes]
+    assert 0 not in codes
+    for node, step in ((0, 4), (1, 0)):
+        err = (tmp_path / f"node{node}.err").read_text()
+        assert re.search(rf"specmae pretrain: rank [01] starts at step {step} from .*, other processes at steps 0 "
+                         r"to 4: every node must see the same run folder; put --out on storage that all nodes "
+                         r"share", err), err[-3000:]
+
+
 def test_only_distributed_failures_become_peer_lost():
-    from specmae.training.engine import Dist, PeerLost
+    from specmae.training.distributed import Dist, PeerLost
     env = Dist(rank=1, world=4, timeout=30)
     gloo = RuntimeError("[/src/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                         "[10.0.0.2]:4711. This is typically caused by a remote worker crashing. GLHF!")

@@ -73,7 +73,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from ..audio import AudioError
     from ..checkpoint import CheckpointError
     from ..schema import ConfigError
-    from ..training.engine import PeerLost
+    from ..training.distributed import PeerLost
     # FloatingPointError: a loss that became NaN, with its advice (learning rate, clipping).
     # PeerLost: another process of a torchrun job is gone or timed out, with the advice to resume.
     return (ConfigError, AudioError, CheckpointError, ValueError, OSError, FloatingPointError, PeerLost)

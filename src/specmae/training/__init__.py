@@ -2,6 +2,7 @@
 
     data.py      log-mel corpora on disk, deterministic random crops
     engine.py    the loop every recipe runs: set-up, optimizer steps, logging, checkpoints
+    distributed.py  torchrun processes on one node or many: process group, timeout, a lost peer
     pretrain.py  masked-autoencoder pre-training
     finetune.py  fine-tuning one fold: classifier, layer-wise lr decay, losses, validation, best checkpoint
     finetune_run.py  every fold of a task, the frozen-probe comparison, the report

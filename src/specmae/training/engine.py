@@ -12,11 +12,13 @@ micro-batch. The engine does the rest the same way for every recipe:
     Trainer.checkpoint    model + optimizer + step + recipe extras, written atomically
 
 Run a recipe directly or under `torchrun --nproc_per_node=N`: the distributed setup is read from
-torchrun's environment variables, with gloo on CPU and NCCL on GPU. The learning rate is set
-every step (linear warm-up, then half-cycle cosine) and multiplied by each group's `lr_scale`;
-gradients accumulate over micro-batches with DDP synchronising only on the last one; a
-checkpoint is committed every `checkpoint_every` steps, so a killed run resumes with the same
-step, schedule and data order, losing at most one interval.
+torchrun's environment variables, with gloo on CPU and NCCL on GPU, on one node or many
+(distributed.py, docs/distributed.md); every collective waits at most `train.dist_timeout`
+seconds, and one that fails because another process is gone raises a one-line PeerLost. The
+learning rate is set every step (linear warm-up, then half-cycle cosine) and multiplied by each
+group's `lr_scale`; gradients accumulate over micro-batches with DDP synchronising only on the
+last one; a checkpoint is committed every `checkpoint_every` steps, so a killed run resumes with
+the same step, schedule and data order, losing at most one interval.
 """
 
 from __future__ import annotations
@@ -26,10 +28,7 @@ import json
 import logging
 import math
 import os
-import re
 import time
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -43,6 +42,7 @@ from ..config import TrainConfig
 from ..files import atomic_write_text
 from ..precision import cpu_bf16_speedup, native_bf16
 from ..schema import positive
+from .distributed import Dist, check_same_step, init_distributed
 from .runs import Resumable, find_resumable
 
 log = logging.getLogger(__name__)
@@ -57,83 +57,9 @@ LossFn = Callable[[torch.nn.Module, Any, int, int], torch.Tensor]
 # ------------------------------------------------------------------------------------------
 
 
-class PeerLost(RuntimeError):
-    """A collective or the rendezvous failed: another process of the run is gone, or did not
-    answer within the timeout. The run continues from its last checkpoint with `--resume`."""
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-    timeout: float | None = None  # seconds a collective waits for the others; None: torch's default
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            with self.collective():
-                dist.barrier()
-
-    @contextlib.contextmanager
-    def collective(self):
-        """Run communicating code; a failure caused by a lost peer is raised as one-line PeerLost.
-
-        Only distributed errors are translated: torch's DistError family (rendezvous, store and
-        NCCL failures, timeouts) and gloo's transport failures, which torch raises as plain
-        RuntimeErrors ("Connection closed by peer", "Timed out waiting ... for recv").
-        """
-        try:
-            yield
-        except RuntimeError as e:
-            if not _lost_peer(e):
-                raise
-            waits = f"{self.timeout:g} s" if self.timeout is not None else "torch's default"
-            raise PeerLost(f"rank {self.rank} of {self.world}: a collective operation failed ({_first_sentence(e)}): "
-                           f"another process or node stopped, or did not answer within train.dist_timeout "
-                           f"({waits}); restart every node with --resume to continue from the last "
-                           "checkpoint") from e
-
-
-def _lost_peer(e: BaseException) -> bool:
-    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "gloo/transport/" in str(e))
-
-
-def _first_sentence(e: BaseException) -> str:
-    """Torch's message without its source location ("[.../pair.cc:553] ") and advice."""
-    text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(e).split()))
-    return (text.split(". ")[0].rstrip(".") or type(e).__name__)[:200]
-
-
-def init_distributed(timeout: float | None = None) -> Dist:
-    """Read torchrun's environment; one process per GPU, or CPU processes over gloo.
-
-    `timeout` (seconds, default torch's: 10 minutes for NCCL, 30 for gloo) bounds how long the
-    rendezvous and each collective wait for the other processes (train.dist_timeout)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        if local >= torch.cuda.device_count():
-            raise RuntimeError(f"process {local} on this node but only {torch.cuda.device_count()} GPU(s) visible: "
-                               "start one process per GPU, or set CUDA_VISIBLE_DEVICES= to train on the CPU")
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    env = Dist(rank, world, device, timeout)
-    if world > 1 and not dist.is_initialized():
-        with env.collective():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                    timeout=None if timeout is None else timedelta(seconds=timeout))
-    return env
-
-
 def setup(train: TrainConfig) -> Dist:
-    """Start this process for a training run: torchrun environment and device, allocator, seed.
+    """Start this process for a training run: torchrun environment, device and process group with
+    the run's timeout (distributed.py), allocator, seed.
 
     Seeded here, before the recipe builds its model, so that every rank draws the same initial
     weights (DDP would broadcast rank 0's anyway; one process is then reproducible too).
@@ -233,7 +159,10 @@ class Trainer:
             self.step = int(resume.train_state["step"])
             self.extras = dict(resume.train_state.get("extras", {}))
             log.info("resumed from %s at step %d", resume.path, self.step)
-        with env.collective():  # DDP broadcasts rank 0's weights
+        with env.collective():
+            if env.world > 1:
+                check_same_step(env, self.step, self.checkpoints)
+            # DDP broadcasts rank 0's weights
             self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         self.net = torch.compile(self.ddp or model) if train.compile else (self.ddp or model)
         self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step, resuming)
