@@ -32,6 +32,7 @@ class PeerLost(RuntimeError):
 
 @dataclass
 class Dist:
+    """This process's place in the run: its rank among `world` processes, its device, the timeout."""
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
