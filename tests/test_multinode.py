@@ -24,8 +24,10 @@ from test_pretrain import tiny_run
 
 HERE = Path(__file__).resolve().parent
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="a node's processes are found through /proc to kill them")
+def two_launchers(test):
+    """A test that starts two torchrun launchers; a node's processes are found through /proc."""
+    linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to kill a node")
+    return pytest.mark.slow(linux(test))
 
 
 def free_port() -> int:
@@ -81,6 +83,7 @@ def two_nodes(logs: Path, *command: str, node1: list[str] | None = None):
             proc.wait()
 
 
+@two_launchers
 def test_two_nodes_hold_identical_weights(tmp_path):
     run = tmp_path / "run"
     with two_nodes(tmp_path, str(HERE / "ddp_worker.py"), str(run)) as nodes:
@@ -94,6 +97,7 @@ def test_two_nodes_hold_identical_weights(tmp_path):
         assert torch.equal(r0[k], r1[k]), k
 
 
+@two_launchers
 @pytest.mark.parametrize("fault, timeout", [("kill", 20), ("stop", 8)])
 def test_a_lost_node_ends_the_other_with_one_line(tmp_path, fault, timeout):
     # kill -9: the peer's sockets close and the survivor fails at its next collective. SIGSTOP:
@@ -125,6 +129,7 @@ def test_a_lost_node_ends_the_other_with_one_line(tmp_path, fault, timeout):
         assert waited < timeout, waited  # a closed connection is seen at once, not after the timeout
 
 
+@two_launchers
 def test_nodes_resuming_from_different_run_folders_stop_at_once(tmp_path):
     # --out on each node's own disk: node 0 finds the interrupted run's checkpoint, node 1 only its config.
     pretrain(tiny_run(), tmp_path / "a", progress=False, max_steps=4)
