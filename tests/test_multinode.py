@@ -24,6 +24,7 @@ from test_pretrain import tiny_run
 
 HERE = Path(__file__).resolve().parent
 
+
 def two_launchers(test):
     """A test that starts two torchrun launchers; a node's processes are found through /proc."""
     linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to kill a node")
