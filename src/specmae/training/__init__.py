@@ -6,6 +6,7 @@
     sources.py   the files a corpus is prepared from: a folder or a list file
     data.py      the names other code imports from the three above
     engine.py    the loop every recipe runs: set-up, optimizer steps, logging, checkpoints
+    distributed.py  torchrun processes on one node or many: process group, timeout, a lost peer
     pretrain.py  masked-autoencoder pre-training
     finetune.py  fine-tuning one fold: classifier, layer-wise lr decay, losses, validation, best checkpoint
     finetune_run.py  every fold of a task, the frozen-probe comparison, the report

@@ -39,7 +39,8 @@ from .runs import Resumable, config_differences, open_run
 # What a resumed run may change: how its steps are computed, not what they compute (the model,
 # front-end, masking, data order and schedule stay those of its checkpoints).
 RESUME_MAY_DIFFER = tuple(f"train.{k}" for k in ("workers", "micro_batch", "bf16", "compile", "checkpoint_every",
-                                                 "keep_checkpoints", "log_every"))
+                                                 "keep_checkpoints", "log_every",
+                                                 "dist_timeout"))
 
 log = logging.getLogger(__name__)
 
