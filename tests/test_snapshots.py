@@ -14,9 +14,7 @@ from specmae.schema import ConfigError
 from specmae.training.data import corpus_from_waves
 from specmae.training.pretrain import pretrain
 from specmae.training.snapshots import snapshot_crops
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from test_pretrain import tiny_run  # noqa: E402
+from test_pretrain import tiny_run
 
 
 def snapshot_steps(run_dir) -> list[int]:
