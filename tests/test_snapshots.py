@@ -11,7 +11,7 @@ import torch
 
 from specmae.config import RunConfig
 from specmae.schema import ConfigError
-from specmae.training.data import corpus_from_waves
+from specmae.training.corpus import corpus_from_waves
 from specmae.training.pretrain import pretrain
 from specmae.training.snapshots import snapshot_crops
 from test_pretrain import tiny_run
@@ -82,7 +82,7 @@ def test_builtin_crops_are_held_out_and_fixed():
     train = corpus_from_waves(waves, cfg.frontend)
     for crop in crops:
         first_frame = crop[:, 0]
-        assert not np.any(np.all(np.isclose(train.frames, first_frame[None, :], atol=1e-4), axis=1))
+        assert not np.any(np.all(np.isclose(train.shards[0], first_frame[None, :], atol=1e-4), axis=1))
     other = tiny_run(seed=1)
     assert not np.array_equal(snapshot_crops(other, corpus=None)[0], crops)
 
@@ -96,8 +96,8 @@ def test_prepared_corpus_crops_are_training_clips_chosen_by_the_seed():
     crops, titles = snapshot_crops(cfg, corpus)
     assert crops.shape == (3, 80, 96) and all(t.startswith("training clip 0000") for t in titles)
     for crop in crops:  # each crop is a run of consecutive frames of the corpus
-        hits = np.flatnonzero(np.all(corpus.frames == crop[:, 0][None, :], axis=1))
-        assert any(np.array_equal(corpus.frames[h : h + 96].T, crop) for h in hits)
+        hits = np.flatnonzero(np.all(corpus.shards[0] == crop[:, 0][None, :], axis=1))
+        assert any(np.array_equal(corpus.shards[0][h : h + 96].T, crop) for h in hits)
     np.testing.assert_array_equal(snapshot_crops(cfg, corpus)[0], crops)
 
 

@@ -4,7 +4,6 @@
     shards.py    writing shards and the manifest atomically; the state of a corpus, to continue it
     corpus.py    reading prepared corpora (memory-mapped shards), deterministic random crops
     sources.py   the files a corpus is prepared from: a folder or a list file
-    data.py      the names other code imports from the three above
     engine.py    the loop every recipe runs: set-up, optimizer steps, logging, checkpoints
     distributed.py  torchrun processes on one node or many: process group, timeout, a lost peer
     pretrain.py  masked-autoencoder pre-training

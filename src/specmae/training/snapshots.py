@@ -32,7 +32,7 @@ from ..audio import build_frontend, synth
 from ..audio.normalize import NormStats
 from ..config import RunConfig
 from ..model.mae import MaskedAutoencoder
-from .data import Corpus
+from .corpus import Corpus
 from .engine import TrainLogger
 
 log = logging.getLogger(__name__)
