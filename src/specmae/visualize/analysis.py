@@ -11,6 +11,7 @@ indices (row-major over (frequency row, time column)) whose first n_keep entries
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -118,21 +119,22 @@ def pattern_ids(x: Tensor, grid: tuple[int, int], pattern: str, generator: torch
     return pattern_masking(x, grid, 0.5, generator, pattern=pattern)
 
 
-def sweep_steps(num_patches: int) -> list[tuple[float, int]]:
+def sweep_steps(num_patches: int, ratios: Sequence[float] = SWEEP_RATIOS,
+                visible: Sequence[int] = SWEEP_VISIBLE) -> list[tuple[float, int]]:
     """[(mask ratio, visible patches)] of the sweep, fewest masked first.
 
-    SWEEP_RATIOS, plus the ratio leaving exactly k visible for k in SWEEP_VISIBLE (the midpoint
+    `ratios`, plus the ratio leaving exactly k visible for k in `visible` (the midpoint
     1 - (k + 0.5) / L, so that floor(L * (1 - ratio)) = k without rounding doubt). Ratios that
     leave no patch visible (0.99 of fewer than 100 patches) or none masked are dropped, and a
     visible count reached twice is kept once, at its round ratio.
     """
     steps: dict[int, float] = {}
-    for ratio in SWEEP_RATIOS:
+    for ratio in ratios:
         keep = int(num_patches * (1 - ratio))
         if 1 <= keep < num_patches:
             steps.setdefault(keep, ratio)
-    for keep in SWEEP_VISIBLE:
-        if keep < num_patches:
+    for keep in visible:
+        if 1 <= keep < num_patches:
             steps.setdefault(keep, 1 - (keep + 0.5) / num_patches)
     return sorted(((ratio, keep) for keep, ratio in steps.items()), key=lambda s: -s[1])
 

@@ -155,7 +155,7 @@ def plot_attention(x: Tensor, maps: list[tuple[str, Tensor, tuple[int, int] | No
     for ax, (name, amap, ref) in zip(axes[:, 0], maps):
         _image(ax, x, name, cmap="gray")
         im = ax.imshow(amap.numpy(), origin="lower", aspect="auto", interpolation="nearest", cmap="inferno",
-                       alpha=0.6, extent=(-0.5, T - 0.5, -0.5, F - 0.5), vmin=0)
+                       alpha=0.5, extent=(-0.5, T - 0.5, -0.5, F - 0.5), vmin=0)
         fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01)
         if ref is not None:
             ax.add_patch(Rectangle((ref[0] * enc.patch_t - 0.5, ref[1] * enc.patch_f - 0.5),

@@ -52,6 +52,8 @@ class VisualizeOptions:
     refs: Sequence[str] | None = None     # 'cls', 'loudest', 't,f'; None: cls (when present) and loudest
     patterns: bool = True
     sweep: bool = True
+    sweep_ratios: Sequence[float] = analysis.SWEEP_RATIOS
+    sweep_visible: Sequence[int] = analysis.SWEEP_VISIBLE   # steps leaving exactly this many patches visible
     audio: bool = True                    # WAV files
     griffin_lim_iters: int = 32
     max_seconds: float | None = 3 * 3600  # longest file decoded
@@ -103,6 +105,8 @@ class _Run:
         self.frontend = ck.config.frontend
         self.front = build_frontend(self.frontend)
         self.decoder = isinstance(self.model, MaskedAutoencoder)
+        if not self.decoder:
+            log.warning("%s: %s", ck.path, NO_DECODER)
         self.strategies = _check_options(options, ck)
         self.refs = _refs(options, self.encoder)
         self.curves: list[tuple[str, list[tuple[float, int, float]]]] = []
@@ -174,11 +178,15 @@ class _Run:
                                        "patches in the pattern, a few random ones change side, so that exactly "
                                        "half (rounded down) are visible, as in pre-training with these patterns.")
         if self.opt.sweep:
-            steps = analysis.sweep(self.model, x, self.generator())
+            steps = analysis.sweep(self.model, x, self.generator(), analysis.sweep_steps(
+                self.enc.num_patches, self.opt.sweep_ratios, self.opt.sweep_visible))
             path = figures.plot_sweep(steps, self.enc, folder / "sweep.png", f"{label}: mask-ratio sweep", frames)
-            self.figure(section, path, "Mask-ratio sweep from 0.40 to 0.99 and at exactly 10, 5, 2 and 1 visible "
-                                       "patches; one random order for all steps, so each step's visible patches "
-                                       "are a subset of the previous one's. MSE over the masked patches.")
+            ratios = ", ".join(f"{r:g}" for r in self.opt.sweep_ratios)
+            visible = ", ".join(str(k) for k in self.opt.sweep_visible)
+            self.figure(section, path, f"Mask-ratio sweep: ratios {ratios} and exactly {visible} visible patches "
+                                       f"(a step that would leave none of the {self.enc.num_patches} patches visible "
+                                       "is left out); one random order for all steps, so each step's visible "
+                                       "patches are a subset of the previous one's. MSE over the masked patches.")
             self.curves.append((label, [(r, rec.visible, float(rec.mse[0])) for r, rec in steps]))
 
     def attention(self, section: Section, folder: Path, x: torch.Tensor, seg) -> None:
@@ -228,8 +236,6 @@ def visualize_clips(checkpoint: str | os.PathLike | Checkpoint, clips: Iterable[
             sections.append(run.segment(seg, folder))
             count += 1
     notes = [] if run.decoder else [NO_DECODER]
-    if not run.decoder:
-        log.warning(NO_DECODER)
     if run.curves:
         run.files.append(figures.plot_mse_curves(run.curves, out / "mse-vs-ratio.png"))
         sections.insert(0, Section("Reconstruction error against mask ratio", figures=[Item(

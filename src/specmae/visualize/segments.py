@@ -65,14 +65,16 @@ def cut_segments(name: str, wave: np.ndarray, lms: torch.Tensor, frontend: Front
     """The chosen W-frame segments of one clip: wave (S,) and its log-mel lms (F, T_lms).
 
     AudioError naming the clip when it is shorter than one patch or a chosen number is past its
-    last segment. 'loudest' is the segment of highest mean log-mel over its real frames.
+    last segment. 'loudest' is the segment of highest mean log-mel over its real frames. A last
+    segment holding less than one patch of audio is not one of the clip's segments.
     """
     total = lms.shape[-1]
     hop, rate = frontend.hop_length, frontend.sample_rate
     if total < patch_t:
         raise AudioError(f"{name}: {len(wave) / rate:.3g} s of audio gives {total} log-mel frames, fewer than "
                          f"one {patch_t}-frame patch ({patch_t * hop / rate:.3g} s)")
-    count = -(-total // width)
+    # A last segment holding less than one patch of audio says nothing: it is not counted.
+    count = max(1, total // width + (total % width >= patch_t))
     if choice == "first":
         chosen = [0]
     elif choice == "all":
