@@ -1,6 +1,5 @@
 """Visual analysis: the pieces (masks, pasting, sweep, attention), the page, `specmae visualize`."""
 
-import json
 import re
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from specmae.masking import PATTERNS, MaskingConfig, n_keep
 from specmae.model.classifier import Classifier
 from specmae.model.mae import MaskedAutoencoder, build_mae
 from specmae.model.presets import model_config
-from specmae.visualize import VisualizeOptions, analysis, visualize, visualize_clips
+from specmae.visualize import VisualizeOptions, analysis, visualize_clips
 
 TINY = dict(dim=48, depth=2, heads=3, decoder_dim=32, decoder_depth=1, decoder_heads=4)
 FAST = dict(draws=2, sweep_ratios=(0.5, 0.75), sweep_visible=(1,), griffin_lim_iters=2)
