@@ -3,14 +3,16 @@
     decode.py    audio files -> mono float32 waveforms at the model rate; finding audio files
     frontend.py  waveforms -> log-mel (F, T): the front-end configuration, build_frontend, MSM-MAE's log-mel
     maskspec.py  MaskSpec's (PaSST's) front-end: pre-emphasis, Kaldi mel banks, rescaled log
+    invert.py    log-mel back to audio: mel inversion and Griffin-Lim, for listening to reconstructions
     synth.py     the built-in labelled corpus generator
 """
 
 from .decode import AUDIO_EXTENSIONS, AudioError, check_waveform, find_audio_files, load_audio, resample
 from .frontend import (FRONTENDS, FrontendConfig, LogMelFrontend, build_frontend, frame_span, mel_filterbank,
                        reflect_indices)
+from .invert import invert_lms
 from .maskspec import MaskSpecFrontend, kaldi_mel_banks
 
 __all__ = ["AUDIO_EXTENSIONS", "FRONTENDS", "AudioError", "FrontendConfig", "build_frontend", "LogMelFrontend", "check_waveform",
-           "find_audio_files", "frame_span", "kaldi_mel_banks", "load_audio", "MaskSpecFrontend", "mel_filterbank",
+           "find_audio_files", "frame_span", "invert_lms", "kaldi_mel_banks", "load_audio", "MaskSpecFrontend", "mel_filterbank",
            "reflect_indices", "resample"]
