@@ -160,11 +160,21 @@ def page_links(index: Path) -> list[str]:
     return re.findall(r"(?:src)='([^']+)'", index.read_text())
 
 
-def test_every_file_written_and_the_page_links_only_existing_files(ckpt, tmp_path):
-    clips = [("tone a", tone(2.0)), ("tone/b.wav", tone(0.5, freq=880, seed=1))]
+@pytest.fixture
+def quick_inversion(monkeypatch):
+    """Silence of the right length instead of Griffin-Lim, for tests about files, not sound
+    (test_checkpoint_without_cls... and the command's test run the real one)."""
+    import specmae.audio.invert as invert
+
+    monkeypatch.setattr(invert, "invert_lms", lambda lms, fe, n_iter, seed: np.zeros(
+        (lms.shape[1] - 1) * fe.hop_length, np.float32))
+
+
+def test_every_file_written_and_the_page_links_only_existing_files(ckpt, tmp_path, quick_inversion):
+    clips = [("tone a", tone(1.2)), ("tone/b.wav", tone(0.3, freq=880, seed=1))]
     summary = visualize_clips(ckpt, clips, tmp_path / "out", VisualizeOptions(segments="all", **FAST))
     out = tmp_path / "out"
-    # 2 s = 201 frames: 96 + 96 + 9, too few for a patch; 0.5 s = 51 frames, padded to 96
+    # 1.2 s = 121 log-mel frames: 96 + 25, padded to 96; 0.3 s = 31 frames
     assert summary.segments == 3 and not summary.failed
     written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert written == {p.relative_to(out).as_posix() for p in summary.files}
@@ -182,7 +192,7 @@ def test_every_file_written_and_the_page_links_only_existing_files(ckpt, tmp_pat
 
 def test_the_same_seed_gives_the_same_files(ckpt, tmp_path):
     clips = [("a", tone(1.2))]
-    options = dict(FAST, strategies=["random", "dwm"], segments="first")
+    options = dict(FAST, strategies=["random", "dwm"], segments="first", audio=False)
     a = visualize_clips(ckpt, clips, tmp_path / "a", VisualizeOptions(seed=3, **options))
     b = visualize_clips(ckpt, clips, tmp_path / "b", VisualizeOptions(seed=3, **options))
     c = visualize_clips(ckpt, clips, tmp_path / "c", VisualizeOptions(seed=4, **options))
@@ -192,7 +202,7 @@ def test_the_same_seed_gives_the_same_files(ckpt, tmp_path):
     assert names(a, tmp_path / "a")[masks] != names(c, tmp_path / "c")[masks]
 
 
-def test_checkpoint_without_decoder_draws_attention_only(tmp_path, caplog):
+def test_checkpoint_without_decoder_draws_attention_only(tmp_path, caplog, quick_inversion):
     cfg = model_config("80x96p16x16", "tiny", **TINY)
     info = FinetuneInfo(labels=["x", "y"], config=FinetuneConfig.from_dict({"model": {"n_frames": 64}}))
     torch.manual_seed(0)
@@ -212,7 +222,8 @@ def test_checkpoint_without_cls_and_per_bin_maskspec_statistics(tmp_path):
     path = save_tiny(tmp_path / "ms", model, model.cfg, frontend, stats)
     assert load(path).norm_stats.per_bin
     summary = visualize_clips(path, [("a", tone(1.0, rate=32000))], tmp_path / "out",
-                              VisualizeOptions(strategies=["random"], refs=["0,0", "loudest"], **FAST))
+                              VisualizeOptions(strategies=["random"], refs=["0,0", "loudest"], patterns=False,
+                                               sweep=False, **FAST))
     assert summary.segments == 1
     assert sf.info(tmp_path / "out/01-a/segment-1/recon-random.wav").samplerate == 32000
 
@@ -235,7 +246,7 @@ def test_command_writes_the_page_and_reports_bad_inputs(ckpt, tmp_path, capsys):
     short = write_wav(tmp_path / "short.wav", tone(0.05))    # 6 frames, a patch is 16
     broken = tmp_path / "broken.wav"
     broken.write_bytes(b"RIFF not really")
-    fast = ["--draws", "1", "--strategies", "random", "--no-sweep", "--griffin-lim-iters", "2"]
+    fast = ["--draws", "1", "--strategies", "random", "--no-sweep", "--no-patterns", "--griffin-lim-iters", "2"]
 
     code, out, err = run_cli(capsys, ckpt, good, "--out", tmp_path / "v", *fast)
     assert code == 0 and "open" in out and (tmp_path / "v/index.html").is_file()
