@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..masking import PATTERNS, MaskingConfig, Masker, n_keep, pattern_masking, random_masking
+from ..masking import PATTERNS, MaskingConfig, Masker, pattern_masking, random_masking
 from ..model.mae import MaskedAutoencoder
 from ..model.vit import Encoder
 
@@ -56,22 +56,28 @@ def mask_of(ids_shuffle: Tensor, keep: int) -> Tensor:
 
 @torch.no_grad()
 def reconstruct_ids(model: MaskedAutoencoder, x: Tensor, ids_shuffle: Tensor, keep: int) -> Reconstruction:
-    """Reconstruct x (B, 1, F, T) from the first `keep` patches of ids_shuffle (B, L).
+    """Reconstruct x (B, 1, F, T) from the first `keep` patches of ids_shuffle (B, L)."""
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    pred = model.forward_decoder(model.forward_encoder(x, ids_shuffle, keep), ids_restore)
+    return paste(model, x, pred, mask_of(ids_shuffle, keep))
 
-    Visible patches are pasted back unchanged, so the output equals the input there exactly. A
-    model trained on per-patch normalised targets (norm_pix_loss) predicts each patch's shape,
+
+def paste(model: MaskedAutoencoder, x: Tensor, pred: Tensor, mask: Tensor) -> Reconstruction:
+    """The model's predictions pred (B, L, pf*pt) on the hidden patches (mask (B, L), 1 = hidden)
+    with the visible patches of x (B, 1, F, T) pasted back unchanged, so that the output equals
+    the input there exactly.
+
+    A model trained on per-patch normalised targets (norm_pix_loss) predicts each patch's shape,
     not its level: its predictions are drawn with the true patch's mean and std put back, as the
     MAE authors draw theirs, so that the figure compares like with like.
     """
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    pred = model.forward_decoder(model.forward_encoder(x, ids_shuffle, keep), ids_restore).float()
     patches = model.patchify(x).float()                                   # (B, L, pf*pt)
+    pred = pred.float()
     if model.cfg.decoder.norm_pix_loss:
         pred = pred * (patches.var(dim=-1, keepdim=True) + 1e-6) ** 0.5 + patches.mean(dim=-1, keepdim=True)
-    mask = mask_of(ids_shuffle, keep)
     pasted = torch.where(mask[..., None].bool(), pred, patches)
     mse = ((pred - patches) ** 2).mean(-1).mul(mask).sum(1) / mask.sum(1)
-    return Reconstruction(x.float().cpu(), model.unpatchify(pasted).cpu(), mask.cpu(), mse.cpu())
+    return Reconstruction(x.float().cpu(), model.unpatchify(pasted).cpu(), mask.float().cpu(), mse.cpu())
 
 
 @torch.no_grad()
@@ -79,13 +85,11 @@ def reconstruct(model: MaskedAutoencoder, x: Tensor, mask_ratio: float,
                 ids_shuffle: Tensor | None = None, generator: torch.Generator | None = None):
     """x: (B, 1, F, T) normalised -> (reconstruction with visible patches pasted back, mask (B, L), loss).
 
-    The masks are random (drawn from `generator`) unless ids_shuffle is given; loss is the
-    model's own training loss on this batch.
+    One forward of the model, with its masks (random from `generator` unless ids_shuffle is
+    given); loss is its training loss on this batch.
     """
-    if ids_shuffle is None:
-        ids_shuffle = random_masking(x, model.cfg.encoder.grid, mask_ratio, generator)
-    loss = model(x, mask_ratio, ids_shuffle=ids_shuffle)[0]
-    out = reconstruct_ids(model, x, ids_shuffle, n_keep(model.cfg.encoder.num_patches, mask_ratio))
+    loss, pred, mask = model(x, mask_ratio, ids_shuffle=ids_shuffle, generator=generator)
+    out = paste(model, x, pred, mask)
     return out.output, out.mask, loss.item()
 
 
@@ -179,7 +183,7 @@ def check_ref(ref: str | tuple[int, int], encoder: Encoder) -> None:
 
 
 def loudest_patch(x: Tensor, grid: tuple[int, int]) -> tuple[int, int]:
-    """(t, f) of the patch of x (1, 1, F, T) with the highest mean log-mel."""
+    """(t, f) of the patch of x (1, 1, F, T) (un-normalised log-mel) with the highest mean."""
     n_f, n_t = grid
     means = torch.nn.functional.avg_pool2d(x[:1].float(), (x.shape[2] // n_f, x.shape[3] // n_t))[0, 0]
     f, t = divmod(int(means.argmax()), n_t)

@@ -11,13 +11,14 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..files import save_png
 from ..model.mae import MaskedAutoencoder
 from ..model.presets import EncoderConfig
-from .analysis import Reconstruction, reconstruct
+from .analysis import Reconstruction, paste
 
 
 def _pyplot():
@@ -58,14 +59,27 @@ def _image(ax, img: Tensor, title: str, **kw) -> None:
 
 
 def _outline(ax, mask: Tensor, enc: EncoderConfig, color: str = "cyan") -> None:
-    """Outline the visible patches (mask (L,) == 0) on an axis showing one (F, T) spectrogram."""
-    from matplotlib.patches import Rectangle
+    """Outline the visible region (mask (L,) == 0) on an axis showing one (F, T) spectrogram: the
+    edges between a visible patch and a hidden one (or the border), so that neighbouring visible
+    patches read as one region and a grid of many small patches stays legible."""
+    from matplotlib.collections import LineCollection
 
-    n_t = enc.grid[1]
-    for idx in (mask == 0).nonzero().flatten().tolist():
-        f_row, t_col = divmod(idx, n_t)
-        ax.add_patch(Rectangle((t_col * enc.patch_t - 0.5, f_row * enc.patch_f - 0.5),
-                               enc.patch_t, enc.patch_f, fill=False, ec=color, lw=0.9))
+    n_f, n_t = enc.grid
+    pf, pt = enc.patch_f, enc.patch_t
+    visible = (mask == 0).reshape(n_f, n_t).cpu().numpy()
+    padded = np.pad(visible, 1)                                             # (N_F + 2, N_T + 2), False outside
+    segments = []
+    for f, t in zip(*np.nonzero(visible)):
+        x0, x1, y0, y1 = t * pt - 0.5, (t + 1) * pt - 0.5, f * pf - 0.5, (f + 1) * pf - 0.5
+        if not padded[f, t + 1]:        # below
+            segments.append([(x0, y0), (x1, y0)])
+        if not padded[f + 1, t + 2]:    # right
+            segments.append([(x1, y0), (x1, y1)])
+        if not padded[f + 2, t + 1]:    # above
+            segments.append([(x0, y1), (x1, y1)])
+        if not padded[f + 1, t]:        # left
+            segments.append([(x0, y0), (x0, y1)])
+    ax.add_collection(LineCollection(segments, colors=color, linewidths=0.9))
 
 
 def _padding(ax, real_frames: int | None, width: int) -> None:
@@ -75,10 +89,11 @@ def _padding(ax, real_frames: int | None, width: int) -> None:
 
 
 def plot_rows(rows: list[tuple[str, Reconstruction, int]], enc: EncoderConfig, out: str | os.PathLike,
-              title: str, real_frames: int | None = None) -> Path:
+              title: str, real_frames: int | None = None, note: str = "") -> Path:
     """One row per (label, reconstruction, sample index): input, reconstruction (visible patches
     pasted back), per-pixel |error|, visible patches outlined; MSE over the masked patches in
-    the reconstruction's title, RMS of the error over the whole input in the error's."""
+    the reconstruction's title, RMS of the error over the whole input in the error's. `note` ends
+    the figure's title (e.g. how a per-patch normalised prediction is drawn)."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(13, 2.2 * len(rows) + 0.6), squeeze=False, layout="constrained")
     for r, (label, rec, i) in enumerate(rows):
@@ -93,12 +108,12 @@ def plot_rows(rows: list[tuple[str, Reconstruction, int]], enc: EncoderConfig, o
             _image(axes[r, c], img, name, **kw)
             _outline(axes[r, c], rec.mask[i], enc)
             _padding(axes[r, c], real_frames, x.shape[-1])
-    fig.suptitle(f"{title} (cyan: visible patches; frequency up, time right)", fontsize=10)
+    fig.suptitle(f"{title} (cyan: visible patches; frequency up, time right{note})", fontsize=10)
     return save_png(fig, out)
 
 
 def plot_sweep(steps: list[tuple[float, Reconstruction]], enc: EncoderConfig, out: str | os.PathLike,
-               title: str, real_frames: int | None = None) -> Path:
+               title: str, real_frames: int | None = None, note: str = "") -> Path:
     """Mask-ratio sweep of one clip: per step, reconstruction and |error| side by side."""
     plt = _pyplot()
     cols = 2
@@ -120,7 +135,7 @@ def plot_sweep(steps: list[tuple[float, Reconstruction]], enc: EncoderConfig, ou
             _image(ax, img, name, **kw)
             _outline(ax, rec.mask[0], enc)
             _padding(ax, real_frames, x.shape[-1])
-    fig.suptitle(f"{title} (MSE over the masked patches; cyan: visible patches)", fontsize=10)
+    fig.suptitle(f"{title} (MSE over the masked patches; cyan: visible patches{note})", fontsize=10)
     return save_png(fig, out)
 
 
@@ -168,28 +183,18 @@ def plot_attention(x: Tensor, maps: list[tuple[str, Tensor, tuple[int, int] | No
 def plot_reconstruction(model: MaskedAutoencoder, x: torch.Tensor, out: str | os.PathLike,
                         mask_ratio: float = 0.75, generator: torch.Generator | None = None,
                         titles: list[str] | None = None) -> Path:
-    """Rows: one clip each; columns: input, reconstruction, per-pixel RMS error; visible patches outlined.
+    """Rows: one clip each; columns: input, reconstruction, per-pixel |error|; visible patches
+    outlined. Random masks drawn from `generator`, as the model's own forward draws them.
 
     x: (B, 1, F, T) normalised log-mel (F = frequency, drawn bottom to top; T = time).
     """
-    plt = _pyplot()
-
     model.eval()
-    recon, mask, loss = reconstruct(model, x, mask_ratio, generator=generator)
     enc = model.cfg.encoder
-    rows = x.shape[0]
-    fig, axes = plt.subplots(rows, 3, figsize=(13, 2.2 * rows + 0.6), squeeze=False, layout="constrained")
-    vmin, vmax = float(x.min()), float(x.max())
-    for r in range(rows):
-        err = (recon[r, 0] - x[r, 0]).abs()
-        images = [(x[r, 0], "input"), (recon[r, 0], "reconstruction"), (err, "|error| (RMS %.3f)" % err.pow(2).mean().sqrt())]
-        for c, (img, name) in enumerate(images):
-            kw = dict(vmin=vmin, vmax=vmax, cmap="magma") if c < 2 else dict(vmin=0, cmap="viridis")
-            _image(axes[r, c], img, (f"{titles[r]}: " if titles and c == 0 else "") + name, **kw)
-            _outline(axes[r, c], mask[r], enc)
-    note = "; per-patch normalised target, hidden patches drawn at their true mean and std" \
-        if model.cfg.decoder.norm_pix_loss else ""
-    fig.suptitle(f"masked reconstruction, mask ratio {mask_ratio:.2f}, loss {loss:.4f} "
-                 f"(cyan: visible patches; frequency up, time right{note})", fontsize=10)
-    path = save_png(fig, out)
-    return path
+    with torch.no_grad():
+        loss, pred, mask = model(x, mask_ratio, generator=generator)
+    rec = paste(model, x, pred, mask)
+    loss = loss.item()
+    rows = [(titles[i] if titles else f"clip {i + 1}", rec, i) for i in range(x.shape[0])]
+    note = "; hidden patches at their true mean and std" if model.cfg.decoder.norm_pix_loss else ""
+    return plot_rows(rows, enc, out, f"masked reconstruction, mask ratio {mask_ratio:.2f}, loss {loss:.4f}",
+                     note=note)

@@ -149,6 +149,8 @@ class _Run:
     def reconstructions(self, section: Section, folder: Path, x: torch.Tensor, frames: int, ratio: float,
                         label: str) -> None:
         draws = self.opt.draws
+        # A model trained on per-patch normalised targets predicts each patch's shape, not its level.
+        note = "; hidden patches at their true mean and std" if self.model.cfg.decoder.norm_pix_loss else ""
         for name in self.strategies:
             batch = x.expand(draws, -1, -1, -1)
             ids = analysis.strategy_ids(batch, self.encoder, self.ck.config.masking, name, self.generator())
@@ -157,7 +159,7 @@ class _Run:
             unique = [i for i in range(draws) if not any(torch.equal(ids[i], ids[j]) for j in range(i))]
             path = figures.plot_rows([(f"{name} draw {i + 1}", rec, i) for i in unique], self.enc,
                                      folder / f"masks-{name}.png", f"{label}: {name} masking, ratio {ratio:g}",
-                                     frames)
+                                     frames, note)
             same = f" ({draws - len(unique)} identical draws left out)" if len(unique) < draws else ""
             self.figure(section, path, f"{name} masking at the checkpoint's ratio {ratio:g} ({keep} of "
                                        f"{ids.shape[1]} patches visible), {len(unique)} draw(s){same}: input, "
@@ -171,7 +173,7 @@ class _Run:
                 rows.append((analysis.PATTERN_NAMES[pattern], rec, 0))
                 self.recon_sound(section, folder, pattern, rec.output[0, 0], frames, analysis.PATTERN_NAMES[pattern])
             path = figures.plot_rows(rows, self.enc, folder / "patterns.png", f"{label}: patterned masks, ratio 0.5",
-                                     frames)
+                                     frames, note)
             self.figure(section, path, "Patterned masks at ratio 0.5: vertical stripes (every other time column "
                                        "visible), horizontal stripes (every other frequency row), chessboard. "
                                        "Where an odd number of rows or columns puts more than half of the "
@@ -180,7 +182,8 @@ class _Run:
         if self.opt.sweep:
             steps = analysis.sweep(self.model, x, self.generator(), analysis.sweep_steps(
                 self.enc.num_patches, self.opt.sweep_ratios, self.opt.sweep_visible))
-            path = figures.plot_sweep(steps, self.enc, folder / "sweep.png", f"{label}: mask-ratio sweep", frames)
+            path = figures.plot_sweep(steps, self.enc, folder / "sweep.png", f"{label}: mask-ratio sweep", frames,
+                                      note)
             ratios = ", ".join(f"{r:g}" for r in self.opt.sweep_ratios)
             visible = ", ".join(str(k) for k in self.opt.sweep_visible)
             self.figure(section, path, f"Mask-ratio sweep: ratios {ratios} and exactly {visible} visible patches "
@@ -193,7 +196,8 @@ class _Run:
         attn = analysis.attention(self.encoder, x)[0]                         # (N, N)
         maps, prefix = [], self.encoder.num_prefix
         for ref in self.refs:
-            ref = analysis.loudest_patch(x, self.enc.grid) if ref == "loudest" else ref
+            if ref == "loudest":   # in the un-normalised log-mel: per-bin statistics would favour quiet bins
+                ref = analysis.loudest_patch(torch.from_numpy(seg.lms)[None, None], self.enc.grid)
             amap = analysis.attention_from(attn, ref, self.enc.grid, prefix)
             where = "[CLS]" if ref == "cls" else f"patch t={ref[0]}, f={ref[1]}"
             cls_share = f", {100 * (1 - float(amap.sum())):.0f} % on [CLS]" if prefix else ""
