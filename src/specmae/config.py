@@ -58,6 +58,7 @@ class TrainConfig:
     checkpoint_every: int = 500     # optimizer steps
     keep_checkpoints: int = 2
     log_every: int = 10
+    snapshot_every: int = 0         # optimizer steps between reconstruction snapshots (pre-training); 0 = none
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "blr", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -65,7 +66,7 @@ class TrainConfig:
             positive(f"train.{name}", getattr(self, name))
         positive("train.micro_batch", self.micro_batch, allow_none=True)
         positive("train.clip_grad", self.clip_grad, allow_none=True)
-        for name in ("warmup_epochs", "min_lr", "weight_decay", "workers", "seed"):
+        for name in ("warmup_epochs", "min_lr", "weight_decay", "workers", "seed", "snapshot_every"):
             non_negative(f"train.{name}", getattr(self, name))
         if self.min_lr > self.blr * self.batch_size / 256:
             raise ConfigError(f"train.min_lr: {self.min_lr} is above the peak lr blr * batch_size / 256 = "

@@ -220,7 +220,8 @@ class Trainer:
 
     def fit(self, data: Callable[[int], torch.utils.data.Dataset], loss_fn: LossFn, max_steps: int | None = None,
             on_epoch_start: Callable[[int], dict] | None = None,
-            on_epoch_end: Callable[[int], None] | None = None) -> None:
+            on_epoch_end: Callable[[int], None] | None = None,
+            on_step_end: Callable[[int], None] | None = None) -> None:
         """Train to the end of the schedule, or to `max_steps` (which leaves the schedule as it is);
         a checkpoint is committed every `checkpoint_every` steps and at the stop.
 
@@ -228,6 +229,8 @@ class Trainer:
         on_epoch_start(epoch)  -> fields for the epoch's log record (a schedule's value, say)
         on_epoch_end(epoch)    after the epoch's last step, before that step's checkpoint: evaluate,
                                `log` the metrics, keep the best with `checkpoint("best")`
+        on_step_end(step)      after every optimizer step, before on_epoch_end: look at the model
+                               (reconstruction snapshots); it must not draw from the global RNG
         """
         stop = self.total_steps if max_steps is None else min(self.total_steps, max_steps)
         self.model.train()
@@ -248,6 +251,9 @@ class Trainer:
                 raise FloatingPointError(f"loss became {loss} at step {self.step}; "
                                          "lower the learning rate or enable clip_grad")
             self.logger.step(self.step, epoch, loss, lr, self.train.batch_size / (time.perf_counter() - started))
+            if on_step_end:
+                on_step_end(self.step)
+                self.model.train()
             if on_epoch_end and self.step % self.steps_per_epoch == 0:
                 on_epoch_end(epoch)
                 self.model.train()  # the hook may have evaluated
@@ -328,6 +334,12 @@ class TrainLogger:
             for key, value in record.items():
                 if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"] if tb_step is None else tb_step)
+
+    def image(self, tag: str, image, step: int) -> None:
+        """An (H, W, 3) uint8 image into TensorBoard at `step` (rank 0, when tensorboard is installed)."""
+        if self.tb:
+            self.tb.add_image(tag, image, step, dataformats="HWC")
+            self.tb.flush()
 
     def epoch(self, step: int, epoch: int, fields: dict) -> None:
         self.record(dict(event="epoch", step=step, epoch=epoch, **fields), tb_step=epoch)

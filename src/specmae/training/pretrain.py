@@ -34,11 +34,12 @@ from ..model.mae import MaskedAutoencoder
 from .data import Corpus, CropBatches, corpus_from_waves, load_corpus, prepare_corpus
 from .engine import Dist, Trainer, param_groups, setup, split_batch
 from .runs import Resumable, config_differences, open_run
+from .snapshots import reconstruction_snapshots
 
 # What a resumed run may change: how its steps are computed, not what they compute (the model,
 # front-end, masking, data order and schedule stay those of its checkpoints).
 RESUME_MAY_DIFFER = tuple(f"train.{k}" for k in ("workers", "micro_batch", "bf16", "compile", "checkpoint_every",
-                                                 "keep_checkpoints", "log_every"))
+                                                 "keep_checkpoints", "log_every", "snapshot_every"))
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
             ids_shuffle = masker(x, generator, step // steps_per_epoch, train.epochs)
         return net(x, m.ratio, ids_shuffle=ids_shuffle)[0]
 
+    snapshots = reconstruction_snapshots(cfg, corpus, stats, model, run_dir, trainer.logger) if env.main else None
     trainer.fit(epoch_data, loss, max_steps,
-                on_epoch_start=lambda epoch: dict(hint_ratio=hint_ratio(m, epoch, train.epochs)))
+                on_epoch_start=lambda epoch: dict(hint_ratio=hint_ratio(m, epoch, train.epochs)),
+                on_step_end=snapshots)
     return Trained(resolve(trainer.checkpoints), model, trainer.step)
