@@ -269,3 +269,16 @@ def test_command_writes_the_page_and_reports_bad_inputs(ckpt, tmp_path, capsys):
     assert code == 1 and f"failed: {broken}" in out and f"failed: {short}" in out
     page = (tmp_path / "mixed/index.html").read_text()
     assert "broken.wav" in page and "short.wav" in page and "good" in page
+
+
+def test_the_page_loads_every_figure_and_sound_in_a_browser(ckpt, tmp_path, quick_inversion):
+    from browser import check_page, require_chromium
+
+    require_chromium()
+    summary = visualize_clips(ckpt, [("a tone", tone(1.0)), ("b", tone(0.4, freq=660))], tmp_path / "out",
+                              VisualizeOptions(strategies=["random"], **FAST))
+    result = check_page(summary.index)
+    assert result.title == "specmae visual analysis"
+    assert not result.failed, result.failed
+    assert len(result.images) == sum(p.suffix == ".png" for p in summary.files)
+    assert len(result.audio) == sum(p.suffix == ".wav" for p in summary.files)
