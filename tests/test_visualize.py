@@ -151,6 +151,16 @@ def test_refs_and_segments_are_checked():
     for bad in ("0", "two", ""):
         with pytest.raises(ValueError, match="--segments"):
             parse_segments(bad)
+    from specmae.audio import AudioError, build_frontend
+    from specmae.visualize.segments import cut_segments
+    fe = FrontendConfig()
+    wave = tone(2.5)   # 251 frames: two 96-frame segments and 59 frames
+    lms = build_frontend(fe)(torch.from_numpy(wave))
+    assert [s.index for s in cut_segments("x.wav", wave, lms, fe, 96, 16, "all")] == [0, 1, 2]
+    last = cut_segments("x.wav", wave, lms, fe, 96, 16, [2])[0]
+    assert last.real_frames == 59 and (last.lms[:, 59:] == fe.silence).all() and last.end == 2.5
+    with pytest.raises(AudioError, match=r"x.wav: segment 4 asked for, but its 2.5 s hold 3 segment\(s\) of 96"):
+        cut_segments("x.wav", wave, lms, fe, 96, 16, [3])
 
 
 # --- the whole analysis --------------------------------------------------------------------------
