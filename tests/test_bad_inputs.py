@@ -15,8 +15,9 @@ import soundfile as sf
 from specmae.audio import AudioError, FrontendConfig, check_waveform, decode, load_audio, synth
 from specmae.cli import main
 from specmae.evaluation.tasks import Task, TaskError, read_manifest
-from specmae.training import data
-from specmae.training.data import Corpus, load_corpus, prepare_corpus
+from specmae.training import prepare
+from specmae.training.corpus import Corpus, load_corpus, read_table
+from specmae.training.prepare import prepare_corpus
 
 FRAMES = 48
 
@@ -35,6 +36,13 @@ def lying_flac(path: Path) -> Path:
     raw[18:26] = packed.to_bytes(8, "big")
     path.write_bytes(bytes(raw))
     return path
+
+
+def errors_of(corpus: Path) -> dict[str, str]:
+    """errors.tsv of a prepared corpus -> {file name: reason}."""
+    header, *rows = read_table(corpus / "errors.tsv")
+    assert header == ["path", "reason"]
+    return {Path(path).name: reason for path, reason in rows}
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -172,8 +180,7 @@ def test_absurd_files_are_skipped_and_statistics_stay_finite(tmp_path, audio, ca
     with caplog.at_level(logging.WARNING):
         out = prepare_corpus(audio, tmp_path / "corpus", FrontendConfig(), FRAMES, max_seconds=2.0)
     corpus, stats = load_corpus(out)
-    index = json.loads((out / "index.json").read_text())
-    reasons = {Path(e["path"]).name: e["error"] for e in index["errors"]}
+    reasons = errors_of(out)
     assert sorted(reasons) == ["huge.wav", "lie.flac", "long.wav"] and len(corpus) == 4
     assert "far beyond full scale" in reasons["huge.wav"] and "header claims" in reasons["lie.flac"]
     assert "over the limit of 2 s" in reasons["long.wav"]
@@ -184,69 +191,91 @@ def test_absurd_files_are_skipped_and_statistics_stay_finite(tmp_path, audio, ca
 
 
 def test_non_finite_log_mel_is_skipped(tmp_path, audio, monkeypatch):
-    real = data.load_audio
+    real = prepare.load_audio
 
     def loud(path, rate, max_seconds=None):  # what a front-end would see without the amplitude check
         return 1e20 * tone() if Path(path).name == "00001.wav" else real(path, rate, max_seconds)
 
-    monkeypatch.setattr(data, "load_audio", loud)
+    monkeypatch.setattr(prepare, "load_audio", loud)
     out = prepare_corpus(audio, tmp_path / "corpus", FrontendConfig(), FRAMES)
-    (error,) = json.loads((out / "index.json").read_text())["errors"]
-    assert error["path"].endswith("00001.wav") and error["error"].endswith("log-mel is not finite (samples far "
-                                                                           "outside [-1, 1]?)")
+    ((name, reason),) = errors_of(out).items()
+    assert name == "00001.wav" and reason.endswith("log-mel is not finite (samples far outside [-1, 1]?)")
 
 
 def test_statistics_that_are_not_finite_or_constant_name_the_corpus():
     frames = np.zeros((100, 80), np.float32)
-    corpus = Corpus(frames, np.array([0]), np.array([100]), FrontendConfig(), ["a"], source="/data/corpus")
+    corpus = Corpus.of_array(frames, np.array([0]), np.array([100]), FrontendConfig(), ["a"], source="/data/corpus")
     with pytest.raises(ValueError, match="/data/corpus: every log-mel value is 0 \\(silence only\\?\\)"):
         corpus.stats(FRAMES, n_crops=8)
     frames[3, 5] = np.inf
     with pytest.raises(ValueError, match="/data/corpus: normalisation statistics are not finite"):
         corpus.stats(FRAMES, n_crops=64)
-    per_bin = Corpus(np.zeros((100, 80), np.float32), np.array([0]), np.array([100]),
-                     FrontendConfig(stats="per-bin"), ["a"])
-    frames = per_bin.frames
+    per_bin = Corpus.of_array(np.zeros((100, 80), np.float32), np.array([0]), np.array([100]),
+                              FrontendConfig(stats="per-bin"), ["a"])
+    frames = per_bin.shards[0]
     frames[:, :40] = np.random.default_rng(0).normal(size=(100, 40))
     stats = per_bin.stats(FRAMES, n_crops=8)  # constant bins (band-limited audio) are allowed
     assert stats.std[0] > 0.5 and stats.std[-1] == pytest.approx(1e-6)
 
 
-def test_changed_audio_refuses_the_stale_corpus(tmp_path, audio):
-    out = prepare_corpus(audio, tmp_path / "corpus", FrontendConfig(), FRAMES)
+def test_changed_audio_refuses_the_stale_corpus_of_a_run(tmp_path, audio):
+    # What a training run prepares for itself (incremental=False) must stay what it trained on.
+    out = prepare_corpus(audio, tmp_path / "corpus", FrontendConfig(), FRAMES, incremental=False)
     before = snapshot(out)
-    prepare_corpus(audio, out, FrontendConfig(), FRAMES)  # unchanged: reused as it is
+    prepare_corpus(audio, out, FrontendConfig(), FRAMES, incremental=False)  # unchanged: reused as it is
     assert snapshot(out) == before
     changed = sorted(audio.rglob("*.wav"))[1]
     sf.write(changed, tone(0.5), 16000)  # same size and name, other contents
     with pytest.raises(ValueError) as err:
-        prepare_corpus(audio, out, FrontendConfig(), FRAMES)
+        prepare_corpus(audio, out, FrontendConfig(), FRAMES, incremental=False)
     msg = str(err.value)
     assert msg.startswith(f"{out}: holds a corpus prepared from other audio or settings than {audio} has now")
     assert f"1 file changed: {changed}" in msg and "remove it or prepare into another folder" in msg
     assert snapshot(out) == before
     sf.write(audio / "new.wav", tone(), 16000)
     with pytest.raises(ValueError, match=f"1 file changed: {changed}; 1 file added: {audio / 'new.wav'}"):
-        prepare_corpus(audio, out, FrontendConfig(), FRAMES)
+        prepare_corpus(audio, out, FrontendConfig(), FRAMES, incremental=False)
     with pytest.raises(ValueError, match="front-end n_mels 80 -> 64"):
-        prepare_corpus(audio, out, FrontendConfig(n_mels=64), FRAMES)
+        prepare_corpus(audio, out, FrontendConfig(n_mels=64), FRAMES, incremental=False)
     assert snapshot(out) == before
-    prepare_corpus(audio, out, FrontendConfig(), FRAMES, rebuild=True)
+    prepare_corpus(audio, out, FrontendConfig(), FRAMES, rebuild=True, incremental=False)
     corpus, _ = load_corpus(out)
     assert len(corpus) == 5 and snapshot(out) != before
     (audio / "new.wav").unlink()
     with pytest.raises(ValueError, match=f"1 file removed: {audio / 'new.wav'}"):
-        prepare_corpus(audio, out, FrontendConfig(), FRAMES)
+        prepare_corpus(audio, out, FrontendConfig(), FRAMES, incremental=False)
 
 
-def test_corpus_of_an_older_specmae_is_reused_with_a_warning(tmp_path, audio, caplog):
-    out = prepare_corpus(audio, tmp_path / "corpus", FrontendConfig(), FRAMES)
-    index = json.loads((out / "index.json").read_text())
-    del index["file_stats"]
+def write_legacy_corpus(corpus_dir: Path, out: Path) -> Path:
+    """The single-file corpus (lms.f16 + index.json) of an older specmae, from a prepared one."""
+    corpus, stats = load_corpus(corpus_dir)
+    frames = np.concatenate([corpus.shards[s][o:o + n] for s, o, n in zip(corpus.shard, corpus.offsets, corpus.lengths)])
+    out.mkdir()
+    (out / "lms.f16").write_bytes(frames.astype(np.float16).tobytes())
+    names = [corpus.names[i] for i in range(len(corpus))]
+    index = dict(files=names, frontend=corpus.frontend.to_dict(), clips=names,
+                 offsets=np.cumsum([0, *corpus.lengths[:-1]]).tolist(), lengths=corpus.lengths.tolist(), errors=[],
+                 stats_frames=FRAMES, norm_stats=stats.to_json())
     (out / "index.json").write_text(json.dumps(index))
+    return out
+
+
+def test_corpus_of_an_older_specmae_still_loads_and_is_prepared_again_only_when_asked(tmp_path, audio, caplog):
+    sharded = prepare_corpus(audio, tmp_path / "corpus", FrontendConfig(), FRAMES)
+    old = write_legacy_corpus(sharded, tmp_path / "old")
     with caplog.at_level(logging.WARNING):
-        prepare_corpus(audio, out, FrontendConfig(), FRAMES)
-    assert any("changed contents cannot be detected" in r.message for r in caplog.records)
+        corpus, stats = load_corpus(old)
+    assert any("older single-file format" in r.message and "specmae prepare" in r.message for r in caplog.records)
+    new, new_stats = load_corpus(sharded)
+    assert stats == new_stats and len(corpus) == len(new) == 4
+    for clip in range(4):
+        np.testing.assert_array_equal(corpus.crop(clip, 0, FRAMES, 0.0), new.crop(clip, 0, FRAMES, 0.0))
+    before = snapshot(old)
+    with pytest.raises(ValueError, match="older single-file format .* pass --rebuild"):
+        prepare_corpus(audio, old, FrontendConfig(), FRAMES)
+    assert snapshot(old) == before
+    prepare_corpus(audio, old, FrontendConfig(), FRAMES, rebuild=True)
+    assert snapshot(old) == snapshot(sharded)
 
 
 @pytest.mark.parametrize("kind", ["user-files", "foreign-index", "broken-index", "a-file"])
@@ -277,19 +306,19 @@ def test_leftovers_of_an_interrupted_preparation_are_prepared_over(tmp_path, aud
     out.mkdir()
     (out / "lms.f16.tmp").write_bytes(b"\0" * 64)
     prepare_corpus(audio, out, FrontendConfig(), FRAMES)
-    assert sorted(p.name for p in out.iterdir()) == ["index.json", "lms.f16"]
+    assert sorted(p.name for p in out.iterdir()) == ["errors.tsv", "manifest.json", "shards"]
 
 
-def test_cli_prepare_refuses_a_stale_corpus_in_one_line(tmp_path, audio, capsys):
+def test_cli_prepare_refuses_a_corpus_of_another_front_end_in_one_line(tmp_path, audio, capsys):
     out = tmp_path / "corpus"
-    main(["prepare", str(audio), "--out", str(out), "--workers", "0", "--frames", str(FRAMES)])
+    main(["prepare", str(audio), "--out", str(out), "--workers", "0", "--frames", str(FRAMES), "--quiet"])
     before = snapshot(out)
-    sf.write(audio / "new.wav", tone(), 16000)
     with pytest.raises(SystemExit) as exit_:
-        main(["prepare", str(audio), "--out", str(out), "--workers", "0", "--frames", str(FRAMES)])
+        main(["prepare", str(audio), str(out), "--workers", "0", "--frames", str(FRAMES), "--set", "frontend.f_min=60"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"specmae prepare: {out}: holds a corpus prepared from other audio")
+    assert err[-1].startswith(f"specmae prepare: {out}: holds a corpus prepared with another front-end (front-end "
+                              "f_min 50.0 -> 60.0)") and "--rebuild" in err[-1]
     assert "Traceback" not in "\n".join(err) and snapshot(out) == before
 
 

@@ -1,6 +1,5 @@
 """Corpus preparation, crops and bad input."""
 
-import json
 import logging
 
 import numpy as np
@@ -11,7 +10,8 @@ import torch
 from specmae.audio import synth
 from specmae.audio import FrontendConfig
 from specmae.audio import find_audio_files
-from specmae.training.data import CropBatches, corpus_from_waves, load_corpus, prepare_corpus
+from specmae.training.corpus import CropBatches, corpus_from_waves, load_corpus, read_table
+from specmae.training.prepare import prepare_corpus
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_short_clips_are_padded_with_log_eps_silence(small_corpus):
 def test_crop_matches_frontend_slice(small_corpus):
     clip = small_corpus.crop(5, 10, 40, pad_value=0.0)
     off = small_corpus.offsets[5]
-    np.testing.assert_array_equal(clip, small_corpus.frames[off + 10: off + 50].T)
+    np.testing.assert_array_equal(clip, small_corpus.shards[0][off + 10: off + 50].T)
 
 
 def test_prepare_folder_skips_bad_files_and_reuses_cache(tmp_path, caplog):
@@ -53,17 +53,17 @@ def test_prepare_folder_skips_bad_files_and_reuses_cache(tmp_path, caplog):
         out = prepare_corpus(src, tmp_path / "corpus", FrontendConfig(), 96)
     corpus, stats = load_corpus(out)
     (mean,), (std,) = stats.mean, stats.std
-    index = json.loads((out / "index.json").read_text())
-    assert len(corpus) == 7 and corpus.frames.dtype == np.float16
-    assert sorted(e["path"].rsplit("/", 1)[1] for e in index["errors"]) == ["empty.wav", "nan.wav", "text.ogg"]
+    header, *errors = read_table(out / "errors.tsv")
+    assert len(corpus) == 7 and corpus.shards[0].dtype == np.float16 and header == ["path", "reason"]
+    assert sorted(path.rsplit("/", 1)[1] for path, _ in errors) == ["empty.wav", "nan.wav", "text.ogg"]
     assert sum("skipping" in r.message for r in caplog.records) == 3
-    assert all(str(src) in e["error"] for e in index["errors"])
+    assert all(str(src) in reason for _, reason in errors)
     assert -20 < mean < 5 and 0.5 < std < 10
     # the stereo 8 kHz file was mixed down and resampled: 1 s -> 101 frames
     assert 101 in corpus.lengths.tolist()
-    stamp = (out / "lms.f16").stat().st_mtime_ns
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     prepare_corpus(src, tmp_path / "corpus", FrontendConfig(), 96)
-    assert (out / "lms.f16").stat().st_mtime_ns == stamp
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps
 
 
 def test_folder_without_usable_audio_stops_clearly(tmp_path):

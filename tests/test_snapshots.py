@@ -106,3 +106,22 @@ def test_snapshot_every_is_validated():
     cfg.train.snapshot_every = -1
     with pytest.raises(ConfigError, match="train.snapshot_every"):
         cfg.validate()
+
+
+def test_a_snapshot_that_cannot_be_written_warns_and_training_goes_on(tmp_path, caplog):
+    from specmae.audio.normalize import NormStats
+    from specmae.model.mae import MaskedAutoencoder
+    from specmae.training.engine import TrainLogger
+    from specmae.training.snapshots import reconstruction_snapshots
+
+    cfg = tiny_run(snapshot_every=2)
+    model = MaskedAutoencoder(cfg.model).train()
+    logger = TrainLogger(tmp_path, main=False, progress=False, total=4, initial=0)  # no TensorBoard
+    hook = reconstruction_snapshots(cfg, None, NormStats((-8.0,), (4.0,)), model, tmp_path, logger)
+    assert "tensorboard is not installed" in caplog.text  # as the logger has no TensorBoard writer
+    caplog.clear()
+    (tmp_path / "snapshots").write_text("a file where the folder should be")
+    hook(1)  # not a snapshot step
+    assert not caplog.records
+    hook(2)
+    assert "step-00000002.png not written" in caplog.text and model.training

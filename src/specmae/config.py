@@ -58,11 +58,12 @@ class TrainConfig:
     checkpoint_every: int = 500     # optimizer steps
     keep_checkpoints: int = 2
     log_every: int = 10
+    dist_timeout: float = 1800      # seconds a process waits for the others (rendezvous, collectives)
     snapshot_every: int = 0         # optimizer steps between reconstruction snapshots (pre-training); 0 = none
 
     def validate(self) -> "TrainConfig":
         for name in ("epochs", "batch_size", "blr", "checkpoint_every", "keep_checkpoints", "log_every",
-                     "builtin_clips"):
+                     "builtin_clips", "dist_timeout"):
             positive(f"train.{name}", getattr(self, name))
         positive("train.micro_batch", self.micro_batch, allow_none=True)
         positive("train.clip_grad", self.clip_grad, allow_none=True)

@@ -38,7 +38,9 @@ def invert_lms(lms: np.ndarray, frontend: FrontendConfig, n_iter: int = 32, seed
     S = (T - 1) * hop samples (one more for MaskSpec, whose pre-emphasis drops one), so that the
     front-end gives T frames back. `n_iter` Griffin-Lim iterations from a random phase drawn with
     `seed`: the same input and seed give the same waveform. The level is the one the log-mel
-    encodes (no peak normalisation); scale it before writing a fixed-point WAV file.
+    encodes (no peak normalisation); scale it before writing a fixed-point WAV file. The mel
+    inversion runs in chunks of frames, Griffin-Lim on the whole clip: a few minutes at once take
+    under 1 GB (benchmarks/README.md); cut longer audio into segments first.
     ValueError when lms is not (n_mels, T) with T >= 1, or holds NaN/inf or values too large to exponentiate.
     """
     module = build_frontend(frontend)

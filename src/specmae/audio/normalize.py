@@ -4,7 +4,7 @@
                                                   or (F,) vectors ('per-bin', MaskSpec)
 
 The statistics are measured once on random crops of the pre-training corpus
-(`training.data.Corpus.stats`) and stored in every checkpoint as `norm_stats`: `[mean, std]`
+(`training.corpus.Corpus.stats`) and stored in every checkpoint as `norm_stats`: `[mean, std]`
 for global statistics (the format of every checkpoint written before per-bin statistics
 existed), `[[mean_1, ..., mean_F], [std_1, ..., std_F]]` for per-bin ones.
 """

@@ -5,8 +5,8 @@
     tasks.py     specmae evaluate, finetune, predict
     visualize.py specmae visualize
 
-`main` maps every expected error (config, audio, checkpoint, task, I/O) to one line on stderr
-and exit status 2; `--debug` shows the traceback instead.
+`main` maps every expected error (config, audio, checkpoint, task, I/O, a lost distributed peer)
+to one line on stderr and exit status 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from ..audio import AudioError
     from ..checkpoint import CheckpointError
     from ..schema import ConfigError
+    from ..training.distributed import PeerLost
     # FloatingPointError: a loss that became NaN, with its advice (learning rate, clipping).
-    return (ConfigError, AudioError, CheckpointError, ValueError, OSError, FloatingPointError)
+    # PeerLost: another process of a torchrun job is gone or timed out, with the advice to resume.
+    return (ConfigError, AudioError, CheckpointError, ValueError, OSError, FloatingPointError, PeerLost)
 
 
 EXPECTED_ERRORS = _expected_errors()

@@ -113,22 +113,38 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
 def cmd_prepare(args: argparse.Namespace) -> None:
     from ..config import compose_cli, read_config_file
     from ..files import OutputError, check_output, is_empty_folder
-    from ..training.data import prepare_corpus
+    from ..training.corpus import is_prepared
+    from ..training.prepare import prepare_corpus
 
     cfg = compose_cli([read_config_file(args.config)] if args.config else [], {}, args.set)
-    out = check_output(args.out, "folder", "prepared corpus")
-    if out.is_dir() and not is_empty_folder(out) and not (out / "index.json").is_file():
-        raise OutputError(f"{out}: not empty and not a prepared corpus (no index.json); choose a new or empty folder")
+    if (args.out is None) == (args.out_folder is None):
+        raise OutputError("name the corpus folder once: specmae prepare SRC OUT (or SRC --out OUT)")
+    out = check_output(args.out or args.out_folder, "folder", "prepared corpus")
+    if out.is_dir() and not is_empty_folder(out) and not is_prepared(out):
+        raise OutputError(f"{out}: not empty and not a prepared corpus (no manifest.json); choose a new or empty "
+                          "folder")
     frames = args.frames or cfg.model.encoder.n_frames
-    out = prepare_corpus(args.source, args.out, cfg.frontend, frames, workers=args.workers,
-                         max_seconds=args.max_duration, rebuild=args.rebuild)
+    out = prepare_corpus(args.source, out, cfg.frontend, frames, workers=args.workers,
+                         max_seconds=args.max_duration, rebuild=args.rebuild, shard_bytes=args.shard_size,
+                         progress=not args.quiet)
     print(f"prepared corpus: {out} ({cfg.frontend.kind} front-end, {cfg.frontend.sample_rate} Hz, "
           f"{cfg.frontend.n_mels} mel bins)")
 
 
+def byte_size(text: str) -> int:
+    """'256MB', '1GB', '64KiB', '4096' -> bytes (powers of 1024)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMG]?)(?:I?B)?\s*", text.upper())
+    if not match or float(match[1]) * 1024 ** " KMG".index(match[2] or " ") < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a size such as 256MB, 1GB or 4096 (bytes)")
+    return int(float(match[1]) * 1024 ** " KMG".index(match[2] or " "))
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("pretrain", help="pre-train a masked autoencoder (under torchrun for many processes)")
-    p.add_argument("data", nargs="?", help="audio folder (recursive) or prepared corpus; default: built-in corpus")
+    p.add_argument("data", nargs="?", help="audio folder (recursive), .txt/.csv list of audio files, or prepared "
+                                         "corpus; default: built-in corpus")
     p.add_argument("--out", default="runs/pretrain", help="run folder (checkpoints, logs, figures)")
     p.add_argument("--config", help="YAML file or built-in config name (demo, msm-mae, maskspec, maskspec-demo)")
     p.add_argument("--preset", help="input/patch preset, e.g. 80x208p16x16")
@@ -156,9 +172,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("prepare", help="decode an audio folder into a log-mel corpus for pre-training")
-    p.add_argument("source")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("prepare", help="decode audio into a sharded log-mel corpus for pre-training (resumable)")
+    p.add_argument("source", help="audio folder (recursive), audio file, or list of paths (.txt, or .csv with a "
+                                  "'path' column)")
+    p.add_argument("out_folder", nargs="?", metavar="OUT", help="corpus folder (or --out)")
+    p.add_argument("--out", help="corpus folder")
     p.add_argument("--config", help="the run's YAML file or built-in config (demo, msm-mae, maskspec, ...): "
                                     "its front-end and crop width are used")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. frontend.n_mels=64")
@@ -166,6 +184,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-duration", type=float, default=3 * 3600, metavar="SECONDS",
                    help="skip (and report) files longer than this; default 3 hours")
     p.add_argument("--rebuild", action="store_true",
-                   help="prepare again over a corpus of this folder made from other files or settings")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+                   help="prepare this corpus folder again from scratch (another front-end, an older format)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="decoding processes (default: one per CPU); 0 decodes in this process")
+    p.add_argument("--shard-size", type=byte_size, metavar="SIZE", help="bytes of frames per shard of a new "
+                   "corpus, e.g. 256MB or 2GB (default 1GB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)

@@ -12,11 +12,13 @@ micro-batch. The engine does the rest the same way for every recipe:
     Trainer.checkpoint    model + optimizer + step + recipe extras, written atomically
 
 Run a recipe directly or under `torchrun --nproc_per_node=N`: the distributed setup is read from
-torchrun's environment variables, with gloo on CPU and NCCL on GPU. The learning rate is set
-every step (linear warm-up, then half-cycle cosine) and multiplied by each group's `lr_scale`;
-gradients accumulate over micro-batches with DDP synchronising only on the last one; a
-checkpoint is committed every `checkpoint_every` steps, so a killed run resumes with the same
-step, schedule and data order, losing at most one interval.
+torchrun's environment variables, with gloo on CPU and NCCL on GPU, on one node or many
+(distributed.py, docs/distributed.md); every collective waits at most `train.dist_timeout`
+seconds, and one that fails because another process is gone raises a one-line PeerLost. The
+learning rate is set every step (linear warm-up, then half-cycle cosine) and multiplied by each
+group's `lr_scale`; gradients accumulate over micro-batches with DDP synchronising only on the
+last one; a checkpoint is committed every `checkpoint_every` steps, so a killed run resumes with
+the same step, schedule and data order, losing at most one interval.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,6 +41,8 @@ from ..checkpoint import CheckpointError, commit_latest, save_checkpoint
 from ..config import TrainConfig
 from ..files import atomic_write_text
 from ..precision import cpu_bf16_speedup, native_bf16
+from ..schema import positive
+from .distributed import Dist, check_same_step, init_distributed
 from .runs import Resumable, find_resumable
 
 log = logging.getLogger(__name__)
@@ -54,46 +57,15 @@ LossFn = Callable[[torch.nn.Module, Any, int, int], torch.Tensor]
 # ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def init_distributed() -> Dist:
-    """Read torchrun's environment; one process per GPU, or CPU processes over gloo."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        if local >= torch.cuda.device_count():
-            raise RuntimeError(f"process {local} on this node but only {torch.cuda.device_count()} GPU(s) visible: "
-                               "start one process per GPU, or set CUDA_VISIBLE_DEVICES= to train on the CPU")
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, device)
-
-
 def setup(train: TrainConfig) -> Dist:
-    """Start this process for a training run: torchrun environment and device, allocator, seed.
+    """Start this process for a training run: torchrun environment, device and process group with
+    the run's timeout (distributed.py), allocator, seed.
 
     Seeded here, before the recipe builds its model, so that every rank draws the same initial
     weights (DDP would broadcast rank 0's anyway; one process is then reproducible too).
     """
-    env = init_distributed()
+    positive("train.dist_timeout", train.dist_timeout)  # used before the recipe validates its config
+    env = init_distributed(train.dist_timeout)
     retain_freed_memory()
     if env.main and train.bf16 and env.device.type == "cpu" and not native_bf16(env.device):
         log.warning("bf16 autocast on a CPU whose bf16 matrix products are not faster than fp32 "
@@ -187,7 +159,11 @@ class Trainer:
             self.step = int(resume.train_state["step"])
             self.extras = dict(resume.train_state.get("extras", {}))
             log.info("resumed from %s at step %d", resume.path, self.step)
-        self.ddp = DistributedDataParallel(model) if env.world > 1 else None
+        with env.collective():
+            if env.world > 1:
+                check_same_step(env, self.step, self.checkpoints)
+            # DDP broadcasts rank 0's weights
+            self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         self.net = torch.compile(self.ddp or model) if train.compile else (self.ddp or model)
         self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step, resuming)
 
@@ -246,7 +222,8 @@ class Trainer:
                     pin_memory=self.env.device.type == "cuda", persistent_workers=False))
                 self.logger.epoch(self.step, epoch, on_epoch_start(epoch) if on_epoch_start else {})
             started = time.perf_counter()
-            loss, lr = self.train_step(batches, loss_fn)
+            with self.env.collective():
+                loss, lr = self.train_step(batches, loss_fn)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {self.step}; "
                                          "lower the learning rate or enable clip_grad")

@@ -31,7 +31,8 @@ from ..files import atomic_write_text
 from ..schema import ConfigError
 from ..masking import HINTED, Masker, hint_ratio
 from ..model.mae import MaskedAutoencoder
-from .data import Corpus, CropBatches, corpus_from_waves, load_corpus, prepare_corpus
+from .corpus import Corpus, CropBatches, corpus_from_waves, is_prepared, load_corpus
+from .prepare import prepare_corpus
 from .engine import Dist, Trainer, param_groups, setup, split_batch
 from .runs import Resumable, config_differences, open_run
 from .snapshots import reconstruction_snapshots
@@ -39,22 +40,24 @@ from .snapshots import reconstruction_snapshots
 # What a resumed run may change: how its steps are computed, not what they compute (the model,
 # front-end, masking, data order and schedule stay those of its checkpoints).
 RESUME_MAY_DIFFER = tuple(f"train.{k}" for k in ("workers", "micro_batch", "bf16", "compile", "checkpoint_every",
-                                                 "keep_checkpoints", "log_every", "snapshot_every"))
+                                                 "keep_checkpoints", "log_every",
+                                                 "dist_timeout", "snapshot_every"))
 
 log = logging.getLogger(__name__)
 
 
 def open_corpus(cfg: RunConfig, run_dir: Path, env: Dist) -> tuple[Corpus, NormStats]:
     """-> (corpus, its statistics). The built-in corpus is synthesised at the front-end's rate;
-    folders are prepared once (by rank 0) into run_dir/corpus; a prepared corpus must have been
-    made with the run's front-end."""
+    audio folders and lists are prepared once (by rank 0) into run_dir/corpus, which a resumed run
+    reuses only if its audio did not change; a prepared corpus must have been made with the run's
+    front-end."""
     train, n_frames = cfg.train, cfg.model.encoder.n_frames
     if train.data is None:
         waves, labels = synth.make_corpus(train.builtin_clips, seed=train.seed, sample_rate=cfg.frontend.sample_rate)
         corpus = corpus_from_waves(waves, cfg.frontend, labels)
         return corpus, corpus.stats(n_frames, seed=train.seed)
     source = Path(train.data)
-    if (source / "index.json").is_file():
+    if is_prepared(source):
         corpus, stats = load_corpus(source)
         check_corpus_frontend(corpus.frontend, cfg.frontend, source)
         if stats.per_bin != (cfg.frontend.stats == "per-bin"):  # same log-mel, other kind of statistics
@@ -62,7 +65,7 @@ def open_corpus(cfg: RunConfig, run_dir: Path, env: Dist) -> tuple[Corpus, NormS
             stats = corpus.stats(n_frames, seed=train.seed)
         return corpus, stats
     if env.main:
-        prepare_corpus(source, run_dir / "corpus", cfg.frontend, n_frames, workers=train.workers)
+        prepare_corpus(source, run_dir / "corpus", cfg.frontend, n_frames, workers=train.workers, incremental=False)
     env.barrier()
     return load_corpus(run_dir / "corpus")
 

@@ -30,7 +30,7 @@ from ..files import OutputError, check_output, is_empty_folder, move_aside
 log = logging.getLogger(__name__)
 
 # What a run writes into its folder; any of them marks the folder as a run.
-RUN_MARKERS = ("config.json", "log.jsonl", "checkpoints", "corpus/index.json")
+RUN_MARKERS = ("config.json", "log.jsonl", "checkpoints", "corpus/index.json", "corpus/manifest.json")
 
 
 @dataclass

@@ -61,9 +61,15 @@ class Snapshots:
 
         # The same masks at every snapshot, from a generator of their own.
         generator = torch.Generator(self.crops.device).manual_seed(self.seed)
-        path = plot_reconstruction(self.model, self.crops, self.folder / f"step-{step:08d}.png", self.mask_ratio,
-                                   generator=generator, titles=[f"step {step}, {t}" for t in self.titles])
-        self.model.train()
+        path = self.folder / f"step-{step:08d}.png"
+        try:
+            plot_reconstruction(self.model, self.crops, path, self.mask_ratio, generator=generator,
+                                titles=[f"step {step}, {t}" for t in self.titles])
+        except OSError as e:  # a full disk costs the picture, not the run
+            log.warning("reconstruction snapshot %s not written: %s", path, e)
+            return
+        finally:
+            self.model.train()
         if self.logger.tb:
             rgba = self.read_png(path)  # (H, W, 4) float in [0, 1]
             self.logger.image("snapshots/reconstruction", (rgba[..., :3] * 255).round().astype(np.uint8), step)

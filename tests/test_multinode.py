@@ -1,0 +1,173 @@
+"""Two "nodes" of one process each on this machine, started as torchrun starts them on a cluster:
+c10d rendezvous on 127.0.0.1, gloo over TCP. Both end with the same weights; a node that dies or
+stops answering ends the other one within the timeout, with one line instead of a hang."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from specmae.model.mae import MaskedAutoencoder
+from specmae.training.pretrain import pretrain
+
+from test_cli import TINY
+from test_pretrain import tiny_run
+
+HERE = Path(__file__).resolve().parent
+
+
+def two_launchers(test):
+    """A test that starts two torchrun launchers; a node's processes are found through /proc."""
+    linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to kill a node")
+    return pytest.mark.slow(linux(test))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants: torchrun starts each worker in a session of its own, so killing
+    the launcher's process group would leave the worker running."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def signal_node(proc: subprocess.Popen, sig: int) -> None:
+    for pid in process_tree(proc.pid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+@contextmanager
+def two_nodes(logs: Path, *command: str, node1: list[str] | None = None):
+    """Start `torchrun --nnodes 2 --nproc_per_node 1 ... command` twice (node 1 runs `node1` if
+    given); node 0 hosts the rendezvous store. Yields the two launchers; every process of both is
+    killed on the way out."""
+    port, nodes = free_port(), []
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    try:
+        for node in (0, 1):
+            nodes.append(subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                 "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "multinode-test",
+                 "--rdzv-conf", f"is_host={int(node == 0)},join_timeout=60", *(node1 if node and node1 else command)],
+                env=env, stdout=open(logs / f"node{node}.out", "w"), stderr=open(logs / f"node{node}.err", "w")))
+        yield nodes
+    finally:
+        for proc in nodes:
+            signal_node(proc, signal.SIGKILL)
+            proc.wait()
+
+
+@two_launchers
+def test_two_nodes_hold_identical_weights(tmp_path):
+    run = tmp_path / "run"
+    with two_nodes(tmp_path, str(HERE / "ddp_worker.py"), str(run)) as nodes:
+        codes = [proc.wait(timeout=120) for proc in nodes]
+    assert codes == [0, 0], (tmp_path / "node0.err").read_text()[-3000:] + (tmp_path / "node1.err").read_text()[-3000:]
+    r0 = torch.load(run / "rank0.pt", weights_only=True)
+    r1 = torch.load(run / "rank1.pt", weights_only=True)
+    init = MaskedAutoencoder(tiny_run().model).state_dict()  # same seed as the run's init
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)  # it trained
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+
+
+@two_launchers
+@pytest.mark.parametrize("fault, timeout", [("kill", 20), ("stop", 8)])
+def test_a_lost_node_ends_the_other_with_one_line(tmp_path, fault, timeout):
+    # kill -9: the peer's sockets close and the survivor fails at its next collective. SIGSTOP:
+    # a node that hangs without closing anything; only the timeout ends the wait.
+    run = tmp_path / "run"
+    command = ["-m", "specmae.cli", "pretrain", "--out", str(run), *TINY, "--no-report", "--epochs", "100",
+               "--checkpoint-every", "2", "--set", "train.builtin_clips=48", "--set", f"train.dist_timeout={timeout}"]
+    with two_nodes(tmp_path, *command) as (survivor, victim):
+        started = time.monotonic()
+        while not (run / "checkpoints" / "latest").is_file():  # training runs and can be resumed
+            assert survivor.poll() is None and victim.poll() is None, (tmp_path / "node0.err").read_text()[-3000:]
+            assert time.monotonic() - started < 90, "no checkpoint after 90 s"
+            time.sleep(0.05)
+        signal_node(victim, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+        lost = time.monotonic()
+        code = survivor.wait(timeout=timeout + 30)
+        waited = time.monotonic() - lost
+    err = (tmp_path / "node0.err").read_text()
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.startswith("specmae pretrain:")]
+    assert len(lines) == 1, err[-3000:]
+    assert re.fullmatch(rf"specmae pretrain: rank [01] of 2: a collective operation failed \(.+\): another "
+                        rf"process or node stopped, or did not answer within train.dist_timeout \({timeout} s\); "
+                        r"restart every node with --resume to continue from the last checkpoint", lines[0]), lines[0]
+    assert not any(line.startswith("[rank") for line in err.splitlines()), err[-3000:]  # no worker traceback
+    if fault == "stop":
+        assert "Timed out" in lines[0] and waited >= timeout - 1, (waited, lines[0])
+    else:
+        assert waited < timeout, waited  # a closed connection is seen at once, not after the timeout
+
+
+@two_launchers
+def test_nodes_resuming_from_different_run_folders_stop_at_once(tmp_path):
+    # --out on each node's own disk: node 0 finds the interrupted run's checkpoint, node 1 only its config.
+    pretrain(tiny_run(), tmp_path / "a", progress=False, max_steps=4)
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "config.json", tmp_path / "b")
+    resume = ["-m", "specmae.cli", "pretrain", "--resume", "--quiet", "--no-report", "--out"]
+    with two_nodes(tmp_path, *resume, str(tmp_path / "a"), node1=[*resume, str(tmp_path / "b")]) as nodes:
+        codes = [proc.wait(timeout=60) for proc in nodes]
+    assert 0 not in codes
+    for node, step in ((0, 4), (1, 0)):
+        err = (tmp_path / f"node{node}.err").read_text()
+        assert re.search(rf"specmae pretrain: rank [01] starts at step {step} from .*, other processes at steps 0 "
+                         r"to 4: every node must see the same run folder; put --out on storage that all nodes "
+                         r"share", err), err[-3000:]
+
+
+def test_only_distributed_failures_become_peer_lost():
+    from specmae.training.distributed import Dist, PeerLost
+    env = Dist(rank=1, world=4, timeout=30)
+    gloo = RuntimeError("[/src/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[10.0.0.2]:4711. This is typically caused by a remote worker crashing. GLHF!")
+    for error, torch_says in ((gloo, "Connection closed by peer [10.0.0.2]:4711"),
+                              (torch.distributed.DistStoreError("Timed out after 31 seconds waiting for clients. "
+                                                                "3/4 clients joined."),
+                               "Timed out after 31 seconds waiting for clients")):
+        with pytest.raises(PeerLost) as lost, env.collective():
+            raise error
+        assert str(lost.value).startswith(f"rank 1 of 4: a collective operation failed ({torch_says}): ")
+        assert "train.dist_timeout (30 s)" in str(lost.value) and lost.value.__cause__ is error
+    # A model's own error inside a step is not a lost peer: it goes through unchanged.
+    with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$") as other, env.collective():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    assert not isinstance(other.value, PeerLost)
+
+
+def test_dist_timeout_must_be_positive():
+    from specmae.schema import ConfigError
+    from specmae.training.engine import setup
+    with pytest.raises(ConfigError, match="train.dist_timeout: expected a positive number, got 0"):
+        setup(tiny_run(dist_timeout=0).train)
