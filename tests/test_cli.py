@@ -31,7 +31,8 @@ def test_pretrain_on_folder_reports_bad_files_and_writes_figures(tmp_path):
     proc = specmae("pretrain", str(src), "--out", str(out), "--epochs", "2", *TINY)
     assert proc.stderr.count("skipping") == 2
     assert "broken.flac" in proc.stderr and "notes.mp3" in proc.stderr
-    for name in ["loss.png", "reconstruction.png", "log.jsonl", "config.json", "corpus/manifest.json"]:
+    for name in ["loss.png", "reconstruction.png", "visualize/index.html", "log.jsonl", "config.json",
+                 "corpus/manifest.json"]:
         assert (out / name).is_file(), name
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "probe.json").exists()  # no labels: no probe

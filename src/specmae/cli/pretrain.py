@@ -77,7 +77,8 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
     from ..audio import build_frontend, synth
     from ..checkpoint import load
     from ..evaluation.evaluate import builtin_comparison
-    from ..visualize import plot_loss_curve, plot_reconstruction
+    from ..masking import PATTERNS
+    from ..visualize import VisualizeOptions, plot_loss_curve, plot_reconstruction, visualize_clips
 
     print(f"loss curve: {plot_loss_curve(run_dir / 'log.jsonl', run_dir / 'loss.png')}")
     ck = load(ckpt)
@@ -92,6 +93,13 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
     path = plot_reconstruction(model, x, run_dir / "reconstruction.png", ratio,
                                generator=torch.Generator().manual_seed(0), titles=titles)
     print(f"reconstruction: {path}")
+    # The full analysis page on two of these clips, kept short (one draw of the run's own masking, a
+    # few sweep steps): `specmae visualize` draws every strategy and the whole sweep.
+    own = ck.config.masking.strategy
+    short = VisualizeOptions(draws=1, strategies=[own] if own not in PATTERNS else [], sweep_ratios=(0.5, 0.75, 0.9),
+                             sweep_visible=(5, 1), griffin_lim_iters=16)
+    page = visualize_clips(ck, list(zip(titles, waves))[:2], run_dir / "visualize", short).index
+    print(f"visual analysis (figures and sounds): {page}")
     if builtin:
         results = builtin_comparison(ckpt, out=run_dir / "probe")
         (run_dir / "probe.json").write_text(json.dumps(results, indent=1))

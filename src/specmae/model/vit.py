@@ -88,6 +88,15 @@ class Attention(nn.Module):
         x = attention(q, k, v)                                                           # (B, nh, N, hs)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
+    def probs(self, x: Tensor) -> Tensor:
+        """The attention probabilities `forward` applies, (B, N, C) -> (B, nh, N, N) float32, rows
+        summing to 1. Computed apart (analysis only) so that `forward` keeps its fused kernel."""
+        B, N, C = x.shape
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias())
+        q, k, _ = qkv.view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, nh, N, hs)
+        scores = (q.float() * q.shape[-1] ** -0.5) @ k.float().transpose(-2, -1)         # (B, nh, N, N)
+        return torch.softmax(scores, dim=-1)
+
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
@@ -177,6 +186,29 @@ class Encoder(nn.Module):
         """(B, 1, F, T) normalised log-mel -> patch tokens with positions, no CLS: (B, L, D)."""
         return self.patch_embed(x) + self.pos_embed[:, self.num_prefix:]
 
+    def tokens(self, x: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """The first block's input: (B, 1, F, T) -> (B, [1+]n, D), the kept patches and [CLS] first."""
+        tokens = self.embed(x)
+        if ids_keep is not None:
+            tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
+        if self.cls_token is not None:
+            cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat([cls, tokens], dim=1)
+        return tokens
+
+    def attention_maps(self, x: Tensor, ids_keep: Tensor | None = None, layer: int = -1) -> Tensor:
+        """Self-attention probabilities of block `layer` (default the last), for analysis.
+
+        x: (B, 1, F, T); ids_keep as in `forward`. Returns (B, nh, N, N) float32 with N = [1+]n
+        tokens in `forward`'s order ([CLS] first); row i is where token i attends, summing to 1.
+        """
+        layer = range(len(self.blocks))[layer]
+        tokens = self.tokens(x, ids_keep)
+        for block in self.blocks[:layer]:
+            tokens = block(tokens)
+        target = self.blocks[layer]
+        return target.attn.probs(target.norm1(tokens))
+
     def forward(self, x: Tensor, ids_keep: Tensor | None = None,
                 return_layers: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Encode a (B, 1, F, T) batch.
@@ -185,12 +217,7 @@ class Encoder(nn.Module):
         Returns the tokens after the final LayerNorm, (B, [1+]n, D) with CLS first when the
         model has one; with `return_layers`, also each block's raw residual output.
         """
-        tokens = self.embed(x)
-        if ids_keep is not None:
-            tokens = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, tokens.shape[-1]))
-        if self.cls_token is not None:
-            cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-            tokens = torch.cat([cls, tokens], dim=1)
+        tokens = self.tokens(x, ids_keep)
         layers = []
         for block in self.blocks:
             tokens = block(tokens)
