@@ -41,7 +41,7 @@ def maskspec_run(tmp_path_factory):
 
 
 def test_prepare_and_pretrain_keep_the_maskspec_front_end_and_per_bin_statistics(maskspec_run):
-    index = json.loads((maskspec_run / "corpus" / "index.json").read_text())
+    index = json.loads((maskspec_run / "corpus" / "manifest.json").read_text())
     assert index["frontend"]["kind"] == "maskspec" and index["frontend"]["sample_rate"] == 32000
     ck = checkpoint.read(maskspec_run / "run")
     assert ck.config.frontend.kind == "maskspec" and ck.config.model.encoder.n_mels == 128
