@@ -262,3 +262,32 @@ def test_a_disk_that_fills_up_while_committing_leaves_the_manifest_as_it_was(tmp
         prepare_corpus(audio, out, FrontendConfig(), FRAMES, shard_bytes=SHARD)
     assert [e["name"] for e in json.loads((out / "manifest.json").read_text())["shards"]] == ["00000"]
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.f16", "00000.idx", "00000.src"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 60 kB tmpfs, where this machine lets root mount one (else the test skips): a disk that
+    really fills up, with the buffered writes and flushes of a real one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=60k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and a mountable tmpfs")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_disk_leaves_committed_shards_and_the_run_resumable(tmp_path, audio, small_disk):
+    out = small_disk / "corpus"
+    with pytest.raises(OSError) as err:
+        prepare_corpus(audio, out, FrontendConfig(), FRAMES, shard_bytes=SHARD)
+    assert err.value.errno == errno.ENOSPC and "free some space and run the same command again" in str(err.value)
+    committed = [e["name"] for e in json.loads((out / "manifest.json").read_text())["shards"]]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == \
+        sorted(f"{name}{suffix}" for name in committed for suffix in (".f16", ".idx", ".src"))
+    subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)  # space freed
+    prepare_corpus(audio, out, FrontendConfig(), FRAMES, shard_bytes=SHARD)
+    assert snapshot(out) == snapshot(prepare_corpus(audio, tmp_path / "whole", FrontendConfig(), FRAMES,
+                                                    shard_bytes=SHARD))

@@ -79,7 +79,10 @@ class ShardWriter:
 
     def discard(self) -> None:
         """Remove the shard being written, if it was not committed."""
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # flushing what is being thrown away onto a full disk
+            pass
         if all(e["name"] != self.name for e in self.manifest["shards"]):
             for suffix in (".f16.tmp", ".f16", ".idx", ".src"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
