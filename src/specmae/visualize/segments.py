@@ -14,7 +14,9 @@ memory follows a block of audio, never the file:
 
 Either pass computes log-mel frames from the samples under them plus a few frames of context
 (frames_of), and reads samples with a margin for the resampler (audio/stream.py), so a
-segment's log-mel equals the whole clip's frames up to float rounding (~1e-5 in log units).
+segment's log-mel equals the whole clip's frames up to float rounding: the same where no
+resampling is needed, otherwise ~1e-5 on average and up to ~2e-3 (log units) in bins 50 dB
+below their frame's peak, where the log magnifies the resampler's float32 rounding.
 """
 
 from __future__ import annotations
