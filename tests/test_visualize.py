@@ -152,15 +152,21 @@ def test_refs_and_segments_are_checked():
         with pytest.raises(ValueError, match="--segments"):
             parse_segments(bad)
     from specmae.audio import AudioError, build_frontend
-    from specmae.visualize.segments import cut_segments
+    from specmae.audio.stream import Clip
+    from specmae.visualize.segments import choose_segments, read_segment
     fe = FrontendConfig()
-    wave = tone(2.5)   # 251 frames: two 96-frame segments and 59 frames
-    lms = build_frontend(fe)(torch.from_numpy(wave))
-    assert [s.index for s in cut_segments("x.wav", wave, lms, fe, 96, 16, "all")] == [0, 1, 2]
-    last = cut_segments("x.wav", wave, lms, fe, 96, 16, [2])[0]
+    front, wave = build_frontend(fe), tone(2.5)   # 251 frames: two 96-frame segments and 59 frames
+    clip = Clip("x.wav", wave, 16000)
+    assert choose_segments(clip, front, 96, 16, "all") == ([0, 1, 2], 3)
+    last = read_segment(clip, front, 96, 2, 3)
     assert last.real_frames == 59 and (last.lms[:, 59:] == fe.silence).all() and last.end == 2.5
+    torch.testing.assert_close(torch.from_numpy(last.lms[:, :59]), front(torch.from_numpy(wave))[:, 192:],
+                               atol=1e-5, rtol=0)
+    assert np.array_equal(last.wave, wave[192 * 160:])
     with pytest.raises(AudioError, match=r"x.wav: segment 4 asked for, but its 2.5 s hold 3 segment\(s\) of 96"):
-        cut_segments("x.wav", wave, lms, fe, 96, 16, [3])
+        choose_segments(clip, front, 96, 16, [3])
+    with pytest.raises(AudioError, match=r"x.wav: 0.05 s of audio gives 6 log-mel frames, fewer than one 16-frame"):
+        choose_segments(Clip("x.wav", tone(0.05), 16000), front, 96, 16, "first")
 
 
 # --- the whole analysis --------------------------------------------------------------------------

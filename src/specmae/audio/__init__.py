@@ -1,6 +1,7 @@
 """Audio and front-ends: decoding, resampling, log-mel spectrograms, the built-in corpus.
 
     decode.py    audio files -> mono float32 waveforms at the model rate; finding audio files
+    stream.py    audio files read in pieces at the model rate (long files in `specmae visualize`)
     frontend.py  waveforms -> log-mel (F, T): the front-end configuration, build_frontend, MSM-MAE's log-mel
     maskspec.py  MaskSpec's (PaSST's) front-end: pre-emphasis, Kaldi mel banks, rescaled log
     invert.py    log-mel back to audio: mel inversion and Griffin-Lim, for listening to reconstructions

@@ -29,13 +29,14 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..audio import AudioError, build_frontend, load_audio
+from ..audio import AudioError, build_frontend
+from ..audio.stream import Clip, open_clip
 from ..checkpoint import Checkpoint, load
 from ..masking import PATTERNS
 from ..model.mae import MaskedAutoencoder
 from . import analysis, figures
 from .page import Item, Section, write_index
-from .segments import cut_segments, normalised, to_audio, write_wav
+from .segments import choose_segments, normalised, read_segment, to_audio, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class VisualizeOptions:
     sweep_visible: Sequence[int] = analysis.SWEEP_VISIBLE   # steps leaving exactly this many patches visible
     audio: bool = True                    # WAV files
     griffin_lim_iters: int = 32
-    max_seconds: float | None = 3 * 3600  # longest file decoded
+    max_seconds: float | None = 3 * 3600  # longest file read (a limit, not a memory guard: files are read in pieces)
 
 
 @dataclass
@@ -70,6 +71,12 @@ class VisualizeSummary:
 def _slug(i: int, name: str) -> str:
     stem = Path(name).stem if os.sep in name or "." in name else name
     return f"{i + 1:02d}-" + (re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).strip("-")[:60] or "clip")
+
+
+def _failed(failed: list[tuple[str, str]], name: str, e: Exception) -> list:
+    log.warning("skipped %s", e)
+    failed.append((name, str(e)))
+    return []
 
 
 def _refs(options: VisualizeOptions, encoder) -> list:
@@ -209,14 +216,16 @@ class _Run:
                                    "patch, over the input spectrogram.")
 
 
-def visualize_clips(checkpoint: str | os.PathLike | Checkpoint, clips: Iterable[tuple[str, np.ndarray]],
+def visualize_clips(checkpoint: str | os.PathLike | Checkpoint, clips: Iterable[tuple[str, np.ndarray] | Clip],
                     out: str | os.PathLike, options: VisualizeOptions | None = None,
                     failed: list[tuple[str, str]] | None = None) -> VisualizeSummary:
-    """Figures, WAVs and index.html for waveforms [(name, (S,) float32 at the checkpoint's rate)].
+    """Figures, WAVs and index.html for waveforms [(name, (S,) float32 at the checkpoint's rate)]
+    or clips (audio/stream.py, at the checkpoint's rate: files read in pieces).
 
-    A clip that cannot be analysed (shorter than one patch, no such segment) is reported in the
-    summary's `failed` and on the page; the others go on. `failed`: a list the clips' producer
-    may also append to while it is iterated (files that did not decode); the summary's is it.
+    A clip that cannot be analysed (shorter than one patch, no such segment, a read that fails) is
+    reported in the summary's `failed` and on the page; the others go on. `failed`: a list the
+    clips' producer may also append to while it is iterated (files that did not open); the
+    summary's is it. A clip failing after some of its segments were drawn keeps those.
     """
     options = options or VisualizeOptions()
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
@@ -224,20 +233,21 @@ def visualize_clips(checkpoint: str | os.PathLike | Checkpoint, clips: Iterable[
     run = _Run(ck, out, options)
     failed = failed if failed is not None else []
     sections, count = [], 0
-    for i, (name, wave) in enumerate(clips):
+    for i, clip in enumerate(clips):
+        if not isinstance(clip, Clip):
+            clip = Clip(clip[0], clip[1], run.frontend.sample_rate)
+        # One segment in memory at a time: the chosen ones are read (pass 2) as they are drawn.
         try:
-            with torch.no_grad():
-                lms = run.front(torch.from_numpy(np.asarray(wave, np.float32)))
-            segments = cut_segments(name, wave, lms, run.frontend, run.enc.n_frames, run.enc.patch_t,
-                                    options.segments)
+            chosen, total = choose_segments(clip, run.front, run.enc.n_frames, run.enc.patch_t, options.segments)
         except (AudioError, ValueError) as e:
-            log.warning("skipped %s", e)
-            failed.append((name, str(e)))
-            continue
-        del lms
-        for seg in segments:
-            folder = out / _slug(i, name) / f"segment-{seg.index + 1}"
-            sections.append(run.segment(seg, folder))
+            chosen = _failed(failed, clip.name, e)
+        for k in chosen:
+            try:
+                seg = read_segment(clip, run.front, run.enc.n_frames, k, total)
+            except (AudioError, ValueError) as e:
+                _failed(failed, clip.name, e)
+                break
+            sections.append(run.segment(seg, out / _slug(i, clip.name) / f"segment-{k + 1}"))
             count += 1
     notes = [] if run.decoder else [NO_DECODER]
     if run.curves:
@@ -258,9 +268,10 @@ def visualize_clips(checkpoint: str | os.PathLike | Checkpoint, clips: Iterable[
 
 def visualize(checkpoint: str | os.PathLike | Checkpoint, audio: Sequence[str | os.PathLike],
               out: str | os.PathLike, options: VisualizeOptions | None = None) -> VisualizeSummary:
-    """`specmae visualize`: decode each file at the checkpoint's rate and analyse it (visualize_clips).
+    """`specmae visualize`: each file read in pieces at the checkpoint's rate and analysed (visualize_clips).
 
-    A file that does not decode is reported and skipped; options are checked before any file is read.
+    Memory follows a block of audio (segments.BLOCK_SECONDS), not the file. A file that does not
+    decode is reported and skipped; options are checked before any file is read.
     """
     options = options or VisualizeOptions()
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load(checkpoint)
@@ -271,10 +282,13 @@ def visualize(checkpoint: str | os.PathLike | Checkpoint, audio: Sequence[str | 
     def clips():
         for path in audio:
             try:
-                yield str(path), load_audio(path, rate, max_seconds=options.max_seconds)
+                clip = open_clip(path, rate, max_seconds=options.max_seconds)
             except (AudioError, OSError, MemoryError) as e:
                 log.warning("skipped %s", e)
                 failed.append((str(path), str(e)))
+                continue
+            with clip:
+                yield clip
 
     failed: list[tuple[str, str]] = []
     return visualize_clips(ck, clips(), out, options, failed)

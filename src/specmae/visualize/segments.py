@@ -1,12 +1,22 @@
 """Audio in and out of the visual analysis: model-width segments of a clip, and WAV files.
 
-    waveform (S,) --front-end--> log-mel (F, T_lms) --cut into W-frame segments, the chosen kept-->
-      Segment: log-mel (F, W) un-normalised (a short last segment padded with silence) + its samples
+    clip (audio/stream.py: a file read in pieces, or a waveform) --choose_segments--> indices
+      --read_segment--> Segment: log-mel (F, W) un-normalised (a short last segment padded with
+                        silence) + its samples
     log-mel (F, T) normalised --undo the stored statistics, invert the mel, Griffin-Lim--> WAV
 
-W is the encoder's width (model.encoder.cfg.n_frames). The front-end runs over the whole clip in
-frame chunks (audio/frontend.py frame_chunks), so memory follows the clip's length (bounded by
-the command's --max-duration) and only the chosen segments are kept.
+W is the encoder's width (model.encoder.cfg.n_frames). Long files are read in two passes, so
+memory follows a block of audio, never the file:
+
+1. choose_segments counts the segments from the clip's length (the file's header) and, for
+   'loudest', computes the log-mel BLOCK_SECONDS at a time, keeping one mean per segment;
+2. read_segment decodes only a chosen segment's samples (plus context) and computes its log-mel.
+
+Either pass computes log-mel frames from the samples under them plus a few frames of context
+(frames_of), and reads samples with a margin for the resampler (audio/stream.py), so a
+segment's log-mel equals the whole clip's frames up to float rounding: the same where no
+resampling is needed, otherwise ~1e-5 on average and up to ~2e-3 (log units) in bins 50 dB
+below their frame's peak, where the log magnifies the resampler's float32 rounding.
 """
 
 from __future__ import annotations
@@ -20,10 +30,12 @@ import numpy as np
 import torch
 
 from ..audio import AudioError, FrontendConfig
+from ..audio.stream import Clip
 from ..audio.normalize import NormStats
 from ..files import atomic_write_bytes
 
 SEGMENT_CHOICES = ("loudest", "first", "all")
+BLOCK_SECONDS = 30.0   # audio per step of pass 1 ('loudest'): about 2 MB at 16 kHz, 10 MB of 44.1 kHz stereo
 
 
 @dataclass
@@ -60,42 +72,69 @@ def parse_segments(text: str) -> str | list[int]:
     return sorted({n - 1 for n in numbers})
 
 
-def cut_segments(name: str, wave: np.ndarray, lms: torch.Tensor, frontend: FrontendConfig, width: int,
-                 patch_t: int, choice: str | list[int]) -> list[Segment]:
-    """The chosen W-frame segments of one clip: wave (S,) and its log-mel lms (F, T_lms).
+def frames_of(clip: Clip, front: torch.nn.Module, t0: int, t1: int) -> tuple[torch.Tensor, np.ndarray, int]:
+    """Log-mel frames [t0, t1) of a clip, (F, t1 - t0), as the front-end gives them over the whole
+    clip, computed from the samples under them plus FRAME_CONTEXT frames of context each side (the
+    clip's own edges are reflect-padded as in the whole clip); also those samples and the first one's index."""
+    cfg = front.cfg
+    hop, context = cfg.hop_length, cfg.n_fft // cfg.hop_length + 2   # a frame reaches n_fft / 2 (+1) samples out
+    a, b = max(0, t0 - context) * hop, min(clip.length, (t1 + context) * hop)
+    wave = clip.read(a, b)
+    with torch.no_grad():
+        lms = front(torch.from_numpy(np.ascontiguousarray(wave)))   # (F, T_span): frame j at sample a + j * hop
+    return lms[:, t0 - a // hop:t1 - a // hop], wave, a
 
-    AudioError naming the clip when it is shorter than one patch or a chosen number is past its
-    last segment. 'loudest' is the segment of highest mean log-mel over its real frames. A last
-    segment holding less than one patch of audio is not one of the clip's segments.
-    """
-    total = lms.shape[-1]
-    hop, rate = frontend.hop_length, frontend.sample_rate
+
+def count_segments(clip: Clip, frontend: FrontendConfig, width: int, patch_t: int) -> int:
+    """How many `width`-frame segments a clip holds: a last segment holding less than one patch of
+    audio says nothing and is not counted. AudioError naming the clip when it is shorter than a patch."""
+    total, hop, rate = frontend.num_frames(clip.length), frontend.hop_length, frontend.sample_rate
     if total < patch_t:
-        raise AudioError(f"{name}: {len(wave) / rate:.3g} s of audio gives {total} log-mel frames, fewer than "
-                         f"one {patch_t}-frame patch ({patch_t * hop / rate:.3g} s)")
-    # A last segment holding less than one patch of audio says nothing: it is not counted.
-    count = max(1, total // width + (total % width >= patch_t))
+        raise AudioError(f"{clip.name}: {clip.length / rate:.3g} s of audio gives {total} log-mel frames, fewer "
+                         f"than one {patch_t}-frame patch ({patch_t * hop / rate:.3g} s)")
+    return max(1, total // width + (total % width >= patch_t))
+
+
+def choose_segments(clip: Clip, front: torch.nn.Module, width: int, patch_t: int,
+                    choice: str | list[int]) -> tuple[list[int], int]:
+    """Pass 1: the chosen segments' 0-based indices and the clip's segment count.
+
+    'loudest' is the segment of highest mean log-mel over its real frames; finding it reads the
+    clip BLOCK_SECONDS at a time, keeping only one mean per segment. The other choices read
+    nothing. AudioError naming the clip when a chosen number is past its last segment.
+    """
+    cfg = front.cfg
+    count = count_segments(clip, cfg, width, patch_t)
     if choice == "first":
-        chosen = [0]
-    elif choice == "all":
-        chosen = list(range(count))
-    elif choice == "loudest":
-        means = [float(lms[:, k * width:(k + 1) * width].mean()) for k in range(count)]
-        chosen = [int(np.argmax(means))]
-    else:
-        if max(choice) >= count:
-            raise AudioError(f"{name}: segment {max(choice) + 1} asked for, but its {len(wave) / rate:.3g} s "
-                             f"hold {count} segment(s) of {width} frames ({width * hop / rate:.3g} s)")
-        chosen = list(choice)
-    segments = []
-    for k in chosen:
-        piece = lms[:, k * width:(k + 1) * width].numpy()
-        padded = np.full((lms.shape[0], width), frontend.silence, np.float32)
-        padded[:, :piece.shape[1]] = piece
-        s0, s1 = k * width * hop, min((k + 1) * width * hop, len(wave))
-        segments.append(Segment(name, k, count, padded, piece.shape[1], np.asarray(wave[s0:s1], np.float32),
-                                s0 / rate, s1 / rate))
-    return segments
+        return [0], count
+    if choice == "all":
+        return list(range(count)), count
+    if choice == "loudest":
+        total, means = cfg.num_frames(clip.length), []
+        per_block = max(1, round(BLOCK_SECONDS * cfg.sample_rate / cfg.hop_length / width))
+        for k0 in range(0, count, per_block):
+            k1 = min(count, k0 + per_block)
+            lms = frames_of(clip, front, k0 * width, min(total, k1 * width))[0]
+            means += [float(lms[:, (k - k0) * width:(k - k0 + 1) * width].mean()) for k in range(k0, k1)]
+        return [int(np.argmax(means))], count
+    if max(choice) >= count:
+        raise AudioError(f"{clip.name}: segment {max(choice) + 1} asked for, but its "
+                         f"{clip.length / cfg.sample_rate:.3g} s hold {count} segment(s) of {width} frames "
+                         f"({width * cfg.hop_length / cfg.sample_rate:.3g} s)")
+    return list(choice), count
+
+
+def read_segment(clip: Clip, front: torch.nn.Module, width: int, index: int, count: int) -> Segment:
+    """Pass 2: segment `index` of a clip, its log-mel padded with silence to `width` frames."""
+    cfg = front.cfg
+    hop, rate, total = cfg.hop_length, cfg.sample_rate, cfg.num_frames(clip.length)
+    t0, t1 = index * width, min(total, (index + 1) * width)
+    piece, wave, a = frames_of(clip, front, t0, t1)   # the samples cover [s0, s1) below
+    padded = np.full((cfg.n_mels, width), cfg.silence, np.float32)
+    padded[:, :t1 - t0] = piece.numpy()
+    s0, s1 = t0 * hop, min((index + 1) * width * hop, clip.length)
+    return Segment(clip.name, index, count, padded, t1 - t0, np.array(wave[s0 - a:s1 - a], np.float32),
+                   s0 / rate, s1 / rate)
 
 
 def normalised(seg: Segment, stats: NormStats) -> torch.Tensor:
