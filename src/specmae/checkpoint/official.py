@@ -167,7 +167,7 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
     heads = heads or ENCODER_HEADS.get(dim)
     if heads is None:
         raise CheckpointError(f"{name}: cannot infer the heads of a {dim}-wide encoder (known {ENCODER_HEADS}); "
-                              "pass heads (CLI: --heads)")
+                              "pass heads (load(..., heads=N)), or convert it once: specmae convert FILE OUT --heads N")
     enc = EncoderConfig(n_mels, n_frames, pf, pt, dim, _depth(state, "blocks."), heads,
                         need("blocks.0.mlp.fc1.weight").shape[0] / dim, use_cls, qkv)
     pred = state.get("decoder_pred.weight")
@@ -177,7 +177,8 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
         d_heads = decoder_heads or DECODER_HEADS.get(d_dim)
         if d_heads is None:
             raise CheckpointError(f"{name}: cannot infer the heads of a {d_dim}-wide decoder "
-                                  f"(known {DECODER_HEADS}); pass decoder_heads (CLI: --decoder-heads)")
+                                  f"(known {DECODER_HEADS}); pass decoder_heads (load(..., decoder_heads=N)), or convert "
+                                  "it once: specmae convert FILE OUT --decoder-heads N")
         table = state.get("decoder_pos_embed")
         grid_table = sincos_2d(d_dim, enc.grid, use_cls) if d_dim % 4 == 0 else None
         pos = "2d" if (table is not None and grid_table is not None and table.shape == grid_table.shape
