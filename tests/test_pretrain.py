@@ -181,6 +181,16 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path):
         torch.testing.assert_close(cut[name], full[name], rtol=0, atol=0, msg=name)
 
 
+def assert_ranks_trained_alike(folder: Path) -> None:
+    """The weights ddp_worker.py saved from ranks 0 and 1: trained away from the init, and equal."""
+    r0 = torch.load(folder / "rank0.pt", weights_only=True)
+    r1 = torch.load(folder / "rank1.pt", weights_only=True)
+    init = MaskedAutoencoder(tiny_run().model).state_dict()  # same seed as the run's init
+    assert any(not torch.equal(r0[k], init[k]) for k in r0)  # it trained
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_hold_identical_weights(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -188,12 +198,7 @@ def test_torchrun_two_processes_hold_identical_weights(tmp_path):
         env["CUDA_VISIBLE_DEVICES"] = ""  # two CPU processes over gloo; with 2 GPUs, NCCL
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     str(HERE / "ddp_worker.py"), str(tmp_path)], env=env, check=True, timeout=300)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    init = MaskedAutoencoder(tiny_run().model).state_dict()  # same seed as the run's init
-    assert any(not torch.equal(r0[k], init[k]) for k in r0)  # it trained
-    for k in r0:
-        assert torch.equal(r0[k], r1[k]), k
+    assert_ranks_trained_alike(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["train"]["micro_batch"] == 4  # 2 processes x 4 x 2 accumulation steps = 16
 
