@@ -108,12 +108,12 @@ def test_bf16_autocast_and_clipping_follow_the_config(tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
-def run_toy(run_dir, max_steps=None, resume=False) -> Trainer:
+def run_toy(run_dir, max_steps=None, resume=False, log_every=1) -> Trainer:
     """A classifier recipe: evaluate after every epoch, log the score, keep the best checkpoint."""
     x, y = toy_data(32)
     val_x, val_y = toy_data(16, seed=1)
     model = toy()
-    trainer = trainer_for(run_dir, model, resume=resume, keep_checkpoints=1)
+    trainer = trainer_for(run_dir, model, resume=resume, keep_checkpoints=1, log_every=log_every)
 
     def evaluate(epoch: int) -> None:
         model.eval()
@@ -162,6 +162,39 @@ def test_recipe_records_best_checkpoint_and_resumed_extras(tmp_path):
     assert resumed.extras == full.extras and resumed.step == full.step == 12
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_log_every_k_logs_the_mean_loss_of_each_interval_and_resumes_to_the_same_lines(tmp_path):
+    every_step = [r["loss"] for r in records(run_toy(tmp_path / "steps").checkpoints.parent) if "loss" in r]
+    assert len(every_step) == 12
+
+    def mean(first: int, last: int) -> float:  # of steps first..last
+        return sum(every_step[first - 1:last]) / (last - first + 1)
+
+    def losses(run_dir) -> list[tuple[int, float]]:
+        return [(r["step"], r["loss"]) for r in records(run_dir) if "loss" in r]
+
+    # 12 steps, 4 per epoch, a loss record every 3: the logging leaves the training as it was
+    run_toy(tmp_path / "full", log_every=3)
+    full = records(tmp_path / "full")
+    assert losses(tmp_path / "full") == [(3, mean(1, 3)), (6, mean(4, 6)), (9, mean(7, 9)), (12, mean(10, 12))]
+    assert [(r["event"], r["step"]) for r in full if "event" in r] == [
+        ("epoch", 0), ("validation", 4), ("epoch", 4), ("validation", 8), ("epoch", 8), ("validation", 12)]
+    assert [r["lr"] for r in full if "loss" in r] == [r["lr"] for r in records(tmp_path / "steps")
+                                                      if "loss" in r and r["step"] % 3 == 0]
+    # stopped at step 5, inside epoch 1 and inside the interval 4..6: a provisional record of steps 4-5
+    run_toy(tmp_path / "cut", max_steps=5, log_every=3)
+    assert losses(tmp_path / "cut") == [(3, mean(1, 3)), (5, mean(4, 5))]
+    # resumed from step 5: the provisional record gives way to the interval's, over steps 4-6,
+    # and epoch 1, re-entered mid-way, is not logged again
+    run_toy(tmp_path / "cut", resume=True, log_every=3)
+    assert records(tmp_path / "cut") == full
+    # a finished run resumed: nothing to do, nothing dropped
+    run_toy(tmp_path / "cut", resume=True, log_every=3)
+    assert records(tmp_path / "cut") == full
+    # the final step is logged when log_every does not divide the schedule
+    run_toy(tmp_path / "five", log_every=5)
+    assert losses(tmp_path / "five") == [(5, mean(1, 5)), (10, mean(6, 10)), (12, mean(11, 12))]
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path):

@@ -84,7 +84,8 @@ def finetuned(pretrained, tmp_path_factory) -> tuple[Path, dict]:
     """The pre-trained tiny encoder fine-tuned at 208 frames (the 96-frame table interpolated),
     without augmentation: 20 short epochs on 384 clips."""
     out = tmp_path_factory.mktemp("finetuned")
-    cfg = ft_config(**{**NO_AUGMENT, "model": dict(n_frames=208, drop_path=0)}, train=dict(epochs=20, warmup_epochs=2))
+    cfg = ft_config(**{**NO_AUGMENT, "model": dict(n_frames=208, drop_path=0)},
+                    train=dict(epochs=20, warmup_epochs=2, log_every=1))
     return out, finetune(cfg, pretrained, synth_task(480), out, progress=False)
 
 
@@ -289,19 +290,24 @@ def test_multilabel_task_trains_with_bce_and_balanced_sampling(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     ckpt = random_checkpoint(tmp_path / "ckpt")
     task = synth_task(60, duration=1.2)
-    cfg = ft_config(train=dict(epochs=3, checkpoint_every=2), probe="none", model=dict(patchout=5))
+    cfg = ft_config(train=dict(epochs=3, checkpoint_every=2, log_every=2), probe="none", model=dict(patchout=5))
     full = finetune(cfg, ckpt, task, tmp_path / "full", progress=False)
     assert finetune(cfg, ckpt, task, tmp_path / "cut", progress=False, max_steps=5) is None
+
+    def logged(run):  # every record but its wall-time throughput
+        lines = (run / "model" / "log.jsonl").read_text().splitlines()
+        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in map(json.loads, lines)]
+    # 2 steps per epoch, a loss record every 2 steps: step 5 is inside epoch 2 and its log interval
+    assert [(r.get("event"), r["step"]) for r in logged(tmp_path / "full")] == [
+        ("epoch", 0), (None, 2), ("validation", 2), ("epoch", 2), (None, 4), ("validation", 4),
+        ("epoch", 4), (None, 6), ("validation", 6)]
+    assert [(r.get("event"), r["step"]) for r in logged(tmp_path / "cut")][-2:] == [("epoch", 4), (None, 5)]
     resumed = finetune(cfg, ckpt, task, tmp_path / "cut", resume=True, progress=False)
     assert resumed["folds"][0]["test"] == full["folds"][0]["test"]
     a, b = load(tmp_path / "full"), load(tmp_path / "cut")
     for name, value in a.model.state_dict().items():
         assert torch.equal(b.model.state_dict()[name], value), name
-
-    def logged(run):  # steps and validations (a resumed epoch logs its start again)
-        lines = (run / "model" / "log.jsonl").read_text().splitlines()
-        return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in map(json.loads, lines)
-                if r.get("event") != "epoch"]
+    # the resumed run re-enters epoch 2 without logging its start again
     assert logged(tmp_path / "cut") == logged(tmp_path / "full")
     with pytest.raises(ConfigError, match="started with another checkpoint, task or config"):
         finetune(ft_config(train=dict(epochs=4)), ckpt, task, tmp_path / "cut", resume=True, progress=False)

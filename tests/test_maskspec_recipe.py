@@ -93,7 +93,8 @@ def test_the_maskspec_demo_recipe_learns(tmp_path):
     """The demo config's recipe, smaller: the loss falls and the probe beats the random-init twin."""
     cfg = compose([read_config_file("maskspec-demo"), {
         "model": {"encoder": {"dim": 96, "depth": 3, "heads": 3}, "decoder": {"dim": 64, "depth": 1, "heads": 4}},
-        "train": {"builtin_clips": 480, "epochs": 10, "warmup_epochs": 1, "batch_size": 32, "checkpoint_every": 1000}},
+        "train": {"builtin_clips": 480, "epochs": 10, "warmup_epochs": 1, "batch_size": 32, "checkpoint_every": 1000,
+                  "log_every": 1}},
     ]).validate()
     result = pretrain(cfg, tmp_path, progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "log.jsonl").read_text().splitlines()

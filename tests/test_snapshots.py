@@ -111,7 +111,7 @@ def test_snapshot_every_is_validated():
 def test_a_snapshot_that_cannot_be_written_warns_and_training_goes_on(tmp_path, caplog):
     from specmae.audio.normalize import NormStats
     from specmae.model.mae import MaskedAutoencoder
-    from specmae.training.engine import TrainLogger
+    from specmae.training.logs import TrainLogger
     from specmae.training.snapshots import reconstruction_snapshots
 
     cfg = tiny_run(snapshot_every=2)

@@ -6,10 +6,10 @@ micro-batch. The engine does the rest the same way for every recipe:
 
     setup(train)          torchrun environment, device, allocator, torch seed, bf16 check
     Trainer(...)          DDP / torch.compile wrapping, fused AdamW, exact resume
-    Trainer.fit           the loop: epochs, data order, steps, logging, checkpoints
+    Trainer.fit           the loop: epochs, data order, steps, logging (logs.py), checkpoints
     Trainer.train_step    one optimizer step over the micro-batches of a global batch
     Trainer.log           a recipe's own records (validation metrics) into log.jsonl + TensorBoard
-    Trainer.checkpoint    model + optimizer + step + recipe extras, written atomically
+    Trainer.checkpoint    model + optimizer + step + recipe extras + the log's open interval, atomically
 
 Run a recipe directly or under `torchrun --nproc_per_node=N`: the distributed setup is read from
 torchrun's environment variables, with gloo on CPU and NCCL on GPU, on one node or many
@@ -24,7 +24,6 @@ the same step, schedule and data order, losing at most one interval.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -39,10 +38,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..allocator import retain_freed_memory
 from ..checkpoint import CheckpointError, commit_latest, save_checkpoint
 from ..config import TrainConfig
-from ..files import atomic_write_text
 from ..precision import cpu_bf16_speedup, native_bf16
 from ..schema import positive
 from .distributed import Dist, check_same_step, init_distributed
+from .logs import TrainLogger
 from .runs import Resumable, find_resumable
 
 log = logging.getLogger(__name__)
@@ -145,6 +144,7 @@ class Trainer:
         self.meta = dict(meta or {})
         self.extras: dict = {}  # the recipe's own state, saved with every checkpoint (e.g. best score)
         self.step = 0
+        logged = None  # the logger's open interval at the checkpoint resumed from
         self.checkpoints = Path(run_dir) / "checkpoints"
         resuming = resume is True or isinstance(resume, Resumable)
         if resume is True:
@@ -158,6 +158,7 @@ class Trainer:
                                       f"({' '.join(str(e).split())[:300]})") from e
             self.step = int(resume.train_state["step"])
             self.extras = dict(resume.train_state.get("extras", {}))
+            logged = resume.train_state.get("logger")
             log.info("resumed from %s at step %d", resume.path, self.step)
         with env.collective():
             if env.world > 1:
@@ -165,7 +166,8 @@ class Trainer:
             # DDP broadcasts rank 0's weights
             self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         self.net = torch.compile(self.ddp or model) if train.compile else (self.ddp or model)
-        self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step, resuming)
+        self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step, resuming,
+                                  train.log_every, logged)
 
     def train_step(self, batches: Iterator, loss_fn: LossFn) -> tuple[float, float]:
         """One optimizer step on the next `accum` micro-batches of `batches`.
@@ -202,7 +204,8 @@ class Trainer:
         a checkpoint is committed every `checkpoint_every` steps and at the stop.
 
         data(epoch)            dataset whose item k is this process's micro-batch k of the epoch
-        on_epoch_start(epoch)  -> fields for the epoch's log record (a schedule's value, say)
+        on_epoch_start(epoch)  -> fields for the epoch's log record (a schedule's value, say); called
+                               as an epoch begins, not when a resumed run re-enters one mid-way
         on_epoch_end(epoch)    after the epoch's last step, before that step's checkpoint: evaluate,
                                `log` the metrics, keep the best with `checkpoint("best")`
         on_step_end(step)      after every optimizer step, before on_epoch_end: look at the model
@@ -220,14 +223,16 @@ class Trainer:
                     torch.utils.data.Subset(data(epoch), range(first, self.steps_per_epoch * self.accum)),
                     batch_size=None, num_workers=self.train.workers,
                     pin_memory=self.env.device.type == "cuda", persistent_workers=False))
-                self.logger.epoch(self.step, epoch, on_epoch_start(epoch) if on_epoch_start else {})
+                if first == 0:  # a run resumed mid-epoch logged the epoch's start before it stopped
+                    self.logger.epoch(self.step, epoch, on_epoch_start(epoch) if on_epoch_start else {})
             started = time.perf_counter()
             with self.env.collective():
                 loss, lr = self.train_step(batches, loss_fn)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {self.step}; "
                                          "lower the learning rate or enable clip_grad")
-            self.logger.step(self.step, epoch, loss, lr, self.train.batch_size / (time.perf_counter() - started))
+            self.logger.step(self.step, epoch, loss, lr, self.train.batch_size, time.perf_counter() - started,
+                             stop=self.step == stop)
             if on_step_end:
                 on_step_end(self.step)
                 self.model.train()
@@ -255,85 +260,10 @@ class Trainer:
             train_state = dict(optimizer=self.optimizer.state_dict(), step=self.step)
             if self.extras:
                 train_state["extras"] = self.extras
+            train_state["logger"] = self.logger.state()
             save_checkpoint(path, self.model.state_dict(),
                             dict(self.meta, step=self.step, epoch=self.step / self.steps_per_epoch), train_state)
             if name is None:
                 commit_latest(self.checkpoints, path.name, self.train.keep_checkpoints)
         self.env.barrier()
         return path
-
-
-# ------------------------------------------------------------------------------------------
-# Logging
-# ------------------------------------------------------------------------------------------
-
-
-def _record(line: str) -> dict | None:
-    """One log.jsonl line -> its record; None for a line cut short by a killed process."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
-
-
-class TrainLogger:
-    """Progress bar, JSON lines (run_dir/log.jsonl) and TensorBoard, on rank 0 only."""
-
-    def __init__(self, run_dir: Path, main: bool, progress: bool, total: int, initial: int, resuming: bool = False):
-        self.main, self.path = main, run_dir / "log.jsonl"
-        self.bar = self.tb = None
-        if not main:
-            return
-        if resuming and self.path.is_file():
-            # Drop what was logged after the checkpoint we resume from (all of it when the run had
-            # none yet): those steps run again. Of the resumed step itself, only the epoch record
-            # came after its checkpoint.
-            keep = [r for r in map(_record, self.path.read_text(errors="replace").splitlines()) if r is not None
-                    and (r["step"] < initial or r["step"] == initial and r.get("event") != "epoch")]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
-        if progress:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=initial if resuming else None)
-        except ImportError:
-            log.info("tensorboard not installed; logging to %s only", self.path)
-
-    def record(self, record: dict, prefix: str = "train", tb_step: int | None = None) -> None:
-        """One line of log.jsonl; its numbers but step and epoch to TensorBoard at `tb_step` (default: step)."""
-        if not self.main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb:
-            for key, value in record.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(f"{prefix}/{key}", value, record["step"] if tb_step is None else tb_step)
-
-    def image(self, tag: str, image, step: int) -> None:
-        """An (H, W, 3) uint8 image into TensorBoard at `step` (rank 0, when tensorboard is installed)."""
-        if self.tb:
-            self.tb.add_image(tag, image, step, dataformats="HWC")
-            self.tb.flush()
-
-    def epoch(self, step: int, epoch: int, fields: dict) -> None:
-        self.record(dict(event="epoch", step=step, epoch=epoch, **fields), tb_step=epoch)
-        if self.main:
-            log.info("epoch %d%s", epoch, "".join(f", {k} {v:.4g}" if isinstance(v, float) else f", {k} {v}"
-                                                  for k, v in fields.items()))
-
-    def step(self, step: int, epoch: int, loss: float, lr: float, samples_per_s: float) -> None:
-        self.record(dict(step=step, epoch=epoch, loss=loss, lr=lr, samples_per_s=samples_per_s))
-        if self.bar:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{samples_per_s:.1f}", refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        """End the bar and TensorBoard; later records still go to log.jsonl."""
-        if self.bar:
-            self.bar.close()
-        if self.tb:
-            self.tb.close()
-        self.bar = self.tb = None

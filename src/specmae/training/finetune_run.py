@@ -10,7 +10,8 @@
                                 so that `specmae.load(RUN)` and `specmae predict RUN` take it
     RUN/report.json, report.md  the test metric per fold, mean and std, beside the frozen probe's
     RUN/confusion.png           test confusion matrix summed over folds (single-label tasks)
-    RUN/curves.png              training loss per step and validation metric per epoch, every fold
+    RUN/curves.png              training loss (every train.log_every steps), validation metric per
+                                epoch, every fold
     RUN/probe/                  the frozen-probe evaluation of the same checkpoint on the same folds
 
 Nothing is written before the checkpoint, the task (every clip decodes), the config and their
@@ -178,7 +179,8 @@ def markdown(report: dict) -> str:
 
 
 def plot_curves(report: dict, out: Path) -> Path:
-    """Training loss per step (left) and validation metric per epoch (right), one line per fold."""
+    """Training loss (the mean of every `train.log_every` steps, left) and validation metric per epoch
+    (right), one line per fold."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -33,7 +33,7 @@ from ..audio.normalize import NormStats
 from ..config import RunConfig
 from ..model.mae import MaskedAutoencoder
 from .corpus import Corpus
-from .engine import TrainLogger
+from .logs import TrainLogger
 
 log = logging.getLogger(__name__)
 

@@ -32,20 +32,22 @@ def _pyplot():
 
 
 def plot_loss_curve(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Training loss (log scale) and learning rate per step, from a run's log.jsonl."""
+    """Training loss (log scale) and learning rate from a run's log.jsonl: each loss record is the
+    mean over the `train.log_every` steps before it (training/logs.py)."""
     plt = _pyplot()
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
-    records = [r for r in records if "loss" in r]
+    records = [r for r in records if "loss" in r and "event" not in r]
     steps = [r["step"] for r in records]
+    every = steps[1] - steps[0] if len(steps) > 1 else 1
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot(steps, [r["loss"] for r in records], lw=1, color="tab:blue", label="loss")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("masked-patch MSE", color="tab:blue")
+    ax.set_ylabel("masked-patch MSE" + (f", mean of {every} steps" if every > 1 else ""), color="tab:blue")
     lr_ax = ax.twinx()
     lr_ax.plot(steps, [r["lr"] for r in records], lw=1, color="tab:orange")
     lr_ax.set_ylabel("learning rate", color="tab:orange")
-    ax.set_title(f"pre-training loss ({len(records)} steps, last {records[-1]['loss']:.4f})")
+    ax.set_title(f"pre-training loss ({steps[-1]} steps, last {records[-1]['loss']:.4f})")
     ax.grid(alpha=0.3)
     path = save_png(fig, out)
     return path
