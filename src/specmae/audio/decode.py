@@ -9,6 +9,7 @@ extensions and one set of error messages serve them all.
 
 from __future__ import annotations
 
+import heapq
 import os
 from pathlib import Path
 
@@ -204,18 +205,27 @@ def find_audio_paths(root: str | os.PathLike) -> list[str]:
 
 
 def _walk(prefix: str, found: list[str]) -> None:
+    # Names only, not the DirEntry objects (three strings each): a flat folder of 2 million files
+    # would hold them all at once.
+    files, folders = [], []
     try:
         with os.scandir(prefix or ".") as it:
-            entries = sorted(it, key=lambda e: e.name)
+            for entry in it:
+                name = entry.name
+                dot = name.rfind(".")  # Path.suffix: a leading dot (".wav") starts no suffix
+                if 0 < dot < len(name) - 1 and name[dot:].lower() in AUDIO_EXTENSIONS and _is(entry.is_file):
+                    files.append(name)
+                elif _is(entry.is_dir) and not entry.is_symlink():
+                    folders.append(name)
     except PermissionError:
         return
-    for entry in entries:
-        name = entry.name
-        dot = name.rfind(".")  # Path.suffix: a leading dot (".wav") starts no suffix
-        if 0 < dot < len(name) - 1 and name[dot:].lower() in AUDIO_EXTENSIONS and _is(entry.is_file):
-            found.append(prefix + name)
-        elif _is(entry.is_dir) and not entry.is_symlink():
+    files.sort()
+    folders.sort()
+    for name, folder in heapq.merge(((n, False) for n in files), ((n, True) for n in folders)):
+        if folder:
             _walk(prefix + name + "/", found)
+        else:
+            found.append(prefix + name)
 
 
 def _is(test) -> bool:
