@@ -1,6 +1,7 @@
 """Corpus preparation, crops and bad input."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,6 +82,35 @@ def test_find_audio_files_is_recursive_and_sorted(tmp_path):
         (tmp_path / name).write_bytes(b"")
     found = [p.relative_to(tmp_path).as_posix() for p in find_audio_files(tmp_path)]
     assert found == ["a.mp3", "b/x.WAV", "c/d/e.flac"]
+
+
+def test_find_audio_files_walks_as_path_rglob_did(tmp_path, monkeypatch):
+    """The scandir walk lists what sorted(Path.rglob("*")) + is_audio_file listed, in the same
+    (component by component) order: hidden files, mixed-case and odd suffixes, links to files
+    (broken ones not), links to folders not followed, a folder named like an audio file."""
+    from specmae.audio import find_audio_paths
+    from specmae.audio.decode import is_audio_file
+
+    def before(root):
+        root = Path(root)
+        return [root] if root.is_file() else sorted(p for p in root.rglob("*") if is_audio_file(p))
+
+    for name in ["a.wav", "A.WAV", "b.Flac", "x/y/z.mp3", ".hidden.wav", ".wav", "..wav", "a-b/c.wav", "a/c.wav",
+                 "a.b/c.ogg", "a b.wav", "c.txt", "d.", "e.wav.txt", ".hid/f.wav", "a/x.wav/g.wav", "n\u00e9.aiff"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "a")
+    (tmp_path / "filelink.wav").symlink_to(tmp_path / "a.wav")
+    (tmp_path / "broken.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "up").symlink_to(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for root in [tmp_path, f"{tmp_path}/", ".", "a", "a/../x", tmp_path / "a.wav"]:
+        assert find_audio_files(root) == before(root), root
+        assert find_audio_paths(root) == [str(p) for p in before(root)], root
+    names = [p.relative_to(tmp_path).as_posix() for p in find_audio_files(tmp_path)]
+    assert names[:5] == ["..wav", ".hid/f.wav", ".hidden.wav", "A.WAV", "a/c.wav"]  # a/ before a-b/ and a.wav
+    assert "filelink.wav" in names and "broken.wav" not in names and not any("dirlink" in n for n in names)
 
 
 def test_per_bin_statistics_have_one_pair_per_mel_bin():

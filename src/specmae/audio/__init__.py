@@ -8,12 +8,13 @@
     synth.py     the built-in labelled corpus generator
 """
 
-from .decode import AUDIO_EXTENSIONS, AudioError, check_waveform, find_audio_files, load_audio, resample
+from .decode import (AUDIO_EXTENSIONS, AudioError, check_waveform, find_audio_files, find_audio_paths, load_audio,
+                     resample)
 from .frontend import (FRONTENDS, FrontendConfig, LogMelFrontend, build_frontend, frame_span, mel_filterbank,
                        reflect_indices)
 from .invert import invert_lms
 from .maskspec import MaskSpecFrontend, kaldi_mel_banks
 
 __all__ = ["AUDIO_EXTENSIONS", "FRONTENDS", "AudioError", "FrontendConfig", "build_frontend", "LogMelFrontend", "check_waveform",
-           "find_audio_files", "frame_span", "invert_lms", "kaldi_mel_banks", "load_audio", "MaskSpecFrontend", "mel_filterbank",
+           "find_audio_files", "find_audio_paths", "frame_span", "invert_lms", "kaldi_mel_banks", "load_audio", "MaskSpecFrontend", "mel_filterbank",
            "reflect_indices", "resample"]

@@ -167,17 +167,6 @@ def discard_uncommitted(out: Path, manifest: dict) -> None:
             p.unlink()
 
 
-def live_sources(out: Path, manifest: dict) -> dict[str, tuple[int, int]]:
-    """{path: (size, mtime_ns)} of every source file the committed shards hold (prepared or skipped),
-    read one sources table at a time."""
-    live = {}
-    for entry in manifest["shards"]:
-        for path, size, mtime, status in read_table(out / SHARDS / f"{entry['name']}.src"):
-            if status != DROPPED:
-                live[path] = (int(size), int(mtime))
-    return live
-
-
 def drop(out: Path, manifest: dict, gone: set[str]) -> list[tuple[str, str]]:
     """Mark the rows of `gone` files dropped in their shards' sources tables, then remove from every
     index the clips whose row is not 'ok' (which also completes a drop that was interrupted).

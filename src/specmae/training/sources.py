@@ -13,21 +13,22 @@ import io
 import os
 from pathlib import Path
 
-from ..audio import find_audio_files
+from ..audio import find_audio_paths
 
 LIST_SUFFIXES = (".txt", ".csv")
 
 
-def list_sources(source: str | os.PathLike) -> tuple[list[Path], list[tuple[str, str]]]:
-    """-> (existing files, sorted and without repeats; [(path, reason)] for listed files that are missing)."""
+def list_sources(source: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """-> (existing files, sorted and without repeats; [(path, reason)] for listed files that are missing).
+    Paths are str, not Path: a Path costs three times the memory, which counts with 2 million files."""
     source = Path(source)
     if not (source.is_file() and source.suffix.lower() in LIST_SUFFIXES):
-        return find_audio_files(source), []
+        return find_audio_paths(source), []
     files, missing = [], []
     for name in sorted(set(read_list_file(source))):
         path = Path(name) if Path(name).is_absolute() else source.parent / name
         if path.is_file():
-            files.append(path)
+            files.append(str(path))
         else:
             what = "a folder" if path.is_dir() else "not found"
             missing.append((str(path), f"{path}: listed in {source} but {what}"))
