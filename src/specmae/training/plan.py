@@ -4,8 +4,9 @@ At AudioSet scale the plan is what grows with the corpus (the frames stream thro
 shard), so it holds each path once, as the str of the file list, and everything else in numpy
 arrays aligned with it: about 220 bytes per file with paths of 100 characters, where dicts of
 (size, mtime) tuples keyed by path, for the files found and again for those prepared, and the
-Path objects of the listing took about 650 (benchmarks/README.md); the paths' str are 150 of the 220. A corpus's sources tables are read one at a time and matched
-against the file list by the paths' hashes, never held whole.
+Path objects of the listing took about 650 (benchmarks/README.md); the paths' str are 150 of
+the 220. A corpus's sources tables are read one at a time and matched against the file list by
+the paths' hashes, never held whole.
 """
 
 from __future__ import annotations
