@@ -133,6 +133,23 @@ def test_kill_minus_9_then_resume_gives_the_uninterrupted_corpus(tmp_path, audio
     assert all(snapshot(cut)[k] == v for k, v in committed.items())
 
 
+def test_temporary_files_of_a_killed_atomic_write_are_removed_on_resume(tmp_path, audio):
+    """A kill inside an atomic write of manifest.json or errors.tsv leaves .<name>.<random>.tmp."""
+    full = prepare_corpus(audio, tmp_path / "full", FrontendConfig(), FRAMES, shard_bytes=SHARD)
+    first = tmp_path / "first"  # killed while writing its very first manifest
+    first.mkdir()
+    (first / ".manifest.json.k1ll3d.tmp").write_text('{"format": "specmae-sha')
+    assert snapshot(prepare_corpus(audio, first, FrontendConfig(), FRAMES, shard_bytes=SHARD)) == snapshot(full)
+    later = tmp_path / "later"  # killed later, with shards committed and the manifest not complete
+    prepare_corpus(audio, later, FrontendConfig(), FRAMES, shard_bytes=SHARD)
+    manifest = json.loads((later / "manifest.json").read_text())
+    manifest["complete"] = False
+    (later / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    (later / ".errors.tsv.k1ll3d.tmp").write_text("path\treason\n")
+    (later / ".manifest.json.k1ll3d.tmp").write_text("{")
+    assert snapshot(prepare_corpus(audio, later, FrontendConfig(), FRAMES, shard_bytes=SHARD)) == snapshot(full)
+
+
 def test_adding_changing_and_removing_files_prepares_only_what_changed(tmp_path, audio, caplog):
     out = prepare_corpus(audio, tmp_path / "corpus", FrontendConfig(), FRAMES, shard_bytes=SHARD)
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "shards").iterdir()}

@@ -126,13 +126,16 @@ def existing_manifest(out: Path, frontend: FrontendConfig, rebuild: bool) -> dic
                              "which still loads for training as it is; to prepare it in the sharded format "
                              "(resumable, incremental, quick to open) pass --rebuild, or prepare into another folder")
         (out / "index.json").unlink()
-    others = sorted(p.name for p in out.iterdir() if p.name not in LEGACY_LEFTOVERS)
+    leftovers = atomic_leftovers(out)  # a run killed while writing its first manifest
+    others = sorted(p.name for p in out.iterdir() if p.name not in LEGACY_LEFTOVERS and p not in leftovers)
     if others:
         listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ValueError(f"{out}: not empty and not a prepared corpus (holds {listed}); prepare into a new "
                          "or empty folder")
     for name in LEGACY_LEFTOVERS:
         (out / name).unlink(missing_ok=True)
+    for p in leftovers:
+        p.unlink()
     return None
 
 
@@ -155,11 +158,23 @@ def clear(out: Path) -> None:
                 p.unlink()
         shards.rmdir()
     (out / "errors.tsv").unlink(missing_ok=True)
+    for p in atomic_leftovers(out):
+        p.unlink()
     (out / MANIFEST).unlink()
 
 
+def atomic_leftovers(out: Path) -> list[Path]:
+    """The temporary files of atomic writes of manifest.json and errors.tsv that a killed run left
+    in `out` (files.atomic_write_bytes names them .<name>.<random>.tmp)."""
+    return [p for name in (MANIFEST, "errors.tsv") for p in out.glob(f".{name}.*.tmp") if p.is_file()]
+
+
 def discard_uncommitted(out: Path, manifest: dict) -> None:
-    """Delete what an interrupted run left in shards/: files of shards the manifest does not list."""
+    """Delete what an interrupted run left: files of shards the manifest does not list, and the
+    temporary files of its atomic writes."""
+    for p in atomic_leftovers(out):
+        log.info("removing %s, left by an interrupted preparation", p)
+        p.unlink()
     committed = {e["name"] for e in manifest["shards"]}
     for p in (out / SHARDS).iterdir():
         if p.is_file() and (p.name.startswith(".") or p.name.endswith(".tmp") or p.name.split(".")[0] not in committed):
