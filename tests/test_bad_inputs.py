@@ -16,7 +16,8 @@ from specmae.audio import AudioError, FrontendConfig, check_waveform, decode, lo
 from specmae.cli import main
 from specmae.evaluation.tasks import Task, TaskError, read_manifest
 from specmae.training import prepare
-from specmae.training.corpus import Corpus, load_corpus, read_table
+from specmae.files import read_tsv
+from specmae.training.corpus import Corpus, load_corpus
 from specmae.training.prepare import prepare_corpus
 
 FRAMES = 48
@@ -40,7 +41,7 @@ def lying_flac(path: Path) -> Path:
 
 def errors_of(corpus: Path) -> dict[str, str]:
     """errors.tsv of a prepared corpus -> {file name: reason}."""
-    header, *rows = read_table(corpus / "errors.tsv")
+    header, *rows = read_tsv(corpus / "errors.tsv")
     assert header == ["path", "reason"]
     return {Path(path).name: reason for path, reason in rows}
 

@@ -11,7 +11,8 @@ import torch
 from specmae.audio import synth
 from specmae.audio import FrontendConfig
 from specmae.audio import find_audio_files
-from specmae.training.corpus import CropBatches, corpus_from_waves, load_corpus, read_table
+from specmae.files import read_tsv
+from specmae.training.corpus import CropBatches, corpus_from_waves, load_corpus
 from specmae.training.prepare import prepare_corpus
 
 
@@ -54,7 +55,7 @@ def test_prepare_folder_skips_bad_files_and_reuses_cache(tmp_path, caplog):
         out = prepare_corpus(src, tmp_path / "corpus", FrontendConfig(), 96)
     corpus, stats = load_corpus(out)
     (mean,), (std,) = stats.mean, stats.std
-    header, *errors = read_table(out / "errors.tsv")
+    header, *errors = read_tsv(out / "errors.tsv")
     assert len(corpus) == 7 and corpus.shards[0].dtype == np.float16 and header == ["path", "reason"]
     assert sorted(path.rsplit("/", 1)[1] for path, _ in errors) == ["empty.wav", "nan.wav", "text.ogg"]
     assert sum("skipping" in r.message for r in caplog.records) == 3

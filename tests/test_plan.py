@@ -6,10 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from specmae.files import write_tsv
 from specmae.training import plan as plan_module
 from specmae.training.corpus import SHARDS
 from specmae.training.plan import plan
-from specmae.training.shards import DROPPED, write_table
+from specmae.training.shards import DROPPED
 from specmae.training.sources import file_stat
 
 
@@ -49,7 +50,7 @@ def corpus(tmp_path):
     out = tmp_path / "corpus"
     (out / SHARDS).mkdir(parents=True)
     for s, rows in enumerate(tables):
-        write_table(out / SHARDS / f"{s:05d}.src", rows)
+        write_tsv(out / SHARDS / f"{s:05d}.src", rows)
     manifest = dict(shards=[dict(name=f"{s:05d}") for s in range(len(tables))])
     return files, out, manifest, tables
 

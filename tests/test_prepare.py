@@ -19,7 +19,8 @@ import torch
 from specmae.audio import FrontendConfig, build_frontend, load_audio, synth
 from specmae.cli import main
 from specmae.training import shards
-from specmae.training.corpus import INDEX, CropBatches, load_corpus, read_table
+from specmae.files import read_tsv
+from specmae.training.corpus import INDEX, CropBatches, load_corpus
 from specmae.training.prepare import prepare_corpus
 
 FRAMES = 48
@@ -35,7 +36,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def errors_of(corpus: Path) -> dict[str, str]:
-    header, *rows = read_table(corpus / "errors.tsv")
+    header, *rows = read_tsv(corpus / "errors.tsv")
     assert header == ["path", "reason"]
     return {Path(path).name: reason for path, reason in rows}
 
@@ -175,7 +176,7 @@ def test_adding_changing_and_removing_files_prepares_only_what_changed(tmp_path,
     for name in fresh:
         np.testing.assert_array_equal(clips[name], fresh[name])
     assert len(clips[changed.name]) == 31  # 0.3 s, not the 0.5 s it held before
-    rows = read_table(out / "shards" / "00003.src")
+    rows = read_tsv(out / "shards" / "00003.src")
     assert [(Path(r[0]).name, r[3]) for r in rows] == [("bad.wav", "dropped"), ("new.wav", "dropped")]
     corpus, stats = load_corpus(out)
     assert json.loads((out / "manifest.json").read_text())["norm_stats"] == stats.to_json()

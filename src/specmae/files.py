@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import threading
 import time
@@ -69,6 +70,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# Tables of file names (errors.tsv, a prepared corpus's sources tables): one row per line, fields
+# separated by tabs, with backslash, tab, newline and carriage return written as \\, \t, \n and \r,
+# so that any file name survives.
+_TSV_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+_TSV_ESCAPED = re.compile(r"\\(.)")
+
+
+def tsv_line(fields) -> str:
+    """One row of a TSV table, its fields escaped, ending in a newline."""
+    return "\t".join(_tsv_escape(str(f)) for f in fields) + "\n"
+
+
+def _tsv_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def write_tsv(path: str | os.PathLike, rows) -> Path:
+    """Write a TSV table of rows (sequences of fields) atomically."""
+    return atomic_write_text(path, "".join(map(tsv_line, rows)))
+
+
+def read_tsv(path: str | os.PathLike) -> list[list[str]]:
+    """A TSV table written by write_tsv / tsv_line -> its rows of unescaped fields."""
+    def field(text: str) -> str:
+        return _TSV_ESCAPED.sub(lambda m: _TSV_UNESCAPES.get(m.group(1), m.group(0)), text) if "\\" in text else text
+    return [[field(f) for f in line.split("\t")] for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 def save_png(fig, path: str | os.PathLike, tight: bool = True) -> Path:

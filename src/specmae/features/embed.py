@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 import zipfile
 from collections import deque
@@ -40,7 +39,8 @@ from tqdm import tqdm
 
 from ..audio import AUDIO_EXTENSIONS, AudioError, find_audio_files, load_audio
 from ..checkpoint import identity
-from ..files import OutputError, atomic_write_bytes, atomic_write_text, check_output, is_empty_folder, move_aside
+from ..files import (OutputError, atomic_write_bytes, atomic_write_text, check_output, is_empty_folder, move_aside,
+                     read_tsv, write_tsv)
 from .chunking import resolve_layers
 from .embedder import Embedder
 
@@ -228,7 +228,7 @@ def embed_files(embedder: Embedder, inputs: list[str | Path], out: str | Path | 
             _write_table(target, rows)
         errors = _errors_path(target, table is not None)
         if summary.failed:
-            atomic_write_text(errors, "".join(f"{_tsv(n)}\t{_tsv(e)}\n" for n, e in summary.failed))
+            write_tsv(errors, summary.failed)
         else:
             errors.unlink(missing_ok=True)  # a report from an earlier run would be stale
     return summary
@@ -292,21 +292,10 @@ def _errors_path(target: Path, is_table: bool) -> Path:
     return target.parent / f"{target.name}.errors.tsv" if is_table else target / "errors.tsv"
 
 
-# errors.tsv: one line per file, `name<TAB>reason`, with backslash, tab, newline and carriage
-# return written as \\, \t, \n and \r, so that any file name survives.
-_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
-_UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-
-
-def _tsv(text: str) -> str:
-    return "".join(_ESCAPES.get(c, c) for c in text)
-
-
 def read_errors(path: str | Path) -> list[tuple[str, str]]:
-    """An errors.tsv written by embed_files -> [(file name, reason)], escapes undone."""
-    def field(text: str) -> str:
-        return re.sub(r"\\(.)", lambda m: _UNESCAPES.get(m.group(1), m.group(0)), text)
-    return [tuple(map(field, line.split("\t", 1))) for line in Path(path).read_text().splitlines()]
+    """An errors.tsv written by embed_files (one `name<TAB>reason` line per file, escaped as
+    files.tsv_line does) -> [(file name, reason)]."""
+    return [tuple(row) for row in read_tsv(path)]
 
 
 def _read_table(path: Path) -> dict[str, np.ndarray]:

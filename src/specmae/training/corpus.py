@@ -33,6 +33,7 @@ import torch
 
 from ..audio import FrontendConfig, build_frontend
 from ..audio.normalize import NormStats
+from ..files import read_tsv
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class SourceNames(Sequence):
     def __getitem__(self, clip: int) -> str:
         s = int(self.shard[clip])
         if s not in self._paths:
-            self._paths[s] = [row[0] for row in read_table(self.tables[s])]
+            self._paths[s] = [row[0] for row in read_tsv(self.tables[s])]
         return self._paths[s][int(self.row[clip])]
 
 
@@ -170,25 +171,6 @@ def corpus_from_waves(waves: np.ndarray, frontend: FrontendConfig, labels: np.nd
 
 
 # --- the files of a prepared corpus ---------------------------------------------------------------
-
-def escape(field: str) -> str:
-    """One TSV field: backslash, tab, newline and carriage return escaped, so a row is one line."""
-    return field.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def unescape(field: str) -> str:
-    swap = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
-    out, chars = [], iter(field)
-    for c in chars:
-        out.append(swap.get(next(chars, ""), "") if c == "\\" else c)
-    return "".join(out)
-
-
-def read_table(path: Path) -> list[list[str]]:
-    """A TSV file written with escape() -> its rows of unescaped fields."""
-    text = path.read_text(encoding="utf-8")
-    return [[unescape(f) if "\\" in f else f for f in line.split("\t")] for line in text.splitlines()]
-
 
 def is_prepared(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds a prepared corpus (this format or the older single-file one)."""

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import SHARDS, read_table
+from ..files import read_tsv
+from .corpus import SHARDS
 from .shards import DROPPED
 from .sources import file_stat
 
@@ -57,7 +58,7 @@ def plan(files: list[str], out: Path, manifest: dict | None) -> Plan:
         hashes = hashes[order]
         row = 0
         for entry in manifest["shards"]:
-            rows = [r for r in read_table(out / SHARDS / f"{entry['name']}.src") if r[3] != DROPPED]
+            rows = [r for r in read_tsv(out / SHARDS / f"{entry['name']}.src") if r[3] != DROPPED]
             found = _find(rows, files, hashes, order)
             removed.update((r[0], None) for r, i in zip(rows, found.tolist()) if i < 0)
             mine = found >= 0

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import FrontendConfig
-from ..files import atomic_write_bytes, atomic_write_text, fsync_dir
-from .corpus import INDEX, LEGACY_KEYS, MANIFEST, SHARDS, escape, read_manifest, read_table
+from ..files import atomic_write_bytes, atomic_write_text, fsync_dir, read_tsv, write_tsv
+from .corpus import INDEX, LEGACY_KEYS, MANIFEST, SHARDS, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class ShardWriter:
         self.file.close()
         os.replace(f"{self.path}.f16.tmp", f"{self.path}.f16")
         atomic_write_bytes(f"{self.path}.idx", np.array(self.index, INDEX).tobytes())
-        write_table(Path(f"{self.path}.src"), self.rows)
+        write_tsv(f"{self.path}.src", self.rows)
         fsync_dir(self.out / SHARDS)
         self.errors += [(row[0], row[3]) for row in self.rows if row[3] != OK]
         write_errors(self.out, self.all_errors())
@@ -189,12 +189,12 @@ def drop(out: Path, manifest: dict, gone: set[str]) -> list[tuple[str, str]]:
     errors = []
     for entry in manifest["shards"]:
         base = out / SHARDS / entry["name"]
-        rows = read_table(Path(f"{base}.src"))
+        rows = read_tsv(f"{base}.src")
         marked = [row for row in rows if row[0] in gone and row[3] != DROPPED]
         for row in marked:
             row[3] = DROPPED
         if marked:
-            write_table(Path(f"{base}.src"), rows)
+            write_tsv(f"{base}.src", rows)
         errors += [(row[0], row[3]) for row in rows if row[3] not in (OK, DROPPED)]
         index = np.fromfile(f"{base}.idx", INDEX)
         keep = np.array([row[3] == OK for row in rows], bool)[index["source"]] if len(index) else np.ones(0, bool)
@@ -205,12 +205,8 @@ def drop(out: Path, manifest: dict, gone: set[str]) -> list[tuple[str, str]]:
     return errors
 
 
-def write_table(path: Path, rows: list[list[str]]) -> None:
-    atomic_write_text(path, "".join("\t".join(map(escape, row)) + "\n" for row in rows))
-
-
 def write_errors(out: Path, errors: list[tuple[str, str]]) -> None:
-    atomic_write_text(out / "errors.tsv", "path\treason\n" + "".join(f"{escape(p)}\t{escape(r)}\n" for p, r in errors))
+    write_tsv(out / "errors.tsv", [("path", "reason"), *errors])
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
