@@ -40,7 +40,7 @@ from tqdm import tqdm
 from ..audio import FrontendConfig
 from ..audio.normalize import NormStats
 from ..checkpoint.loader import Checkpoint
-from ..files import atomic_write_text
+from ..files import atomic_write_text, write_tsv
 from ..model.classifier import Classifier
 from .embed import _batches, find_audio, run_batch
 from .embedder import CHUNK_TOKENS, PRECISIONS, Embedder
@@ -151,8 +151,9 @@ def predict_files(model: Predictor, inputs: list[str | Path], out: str | Path, *
 
     One row per file: path, label_1, score_1, ..., label_k, score_k (best first). Resumable: files
     already in `out` are skipped; the table is rewritten atomically every `save_every` seconds and
-    at the end (also on interruption). Files that cannot be read are listed in <out>.errors.tsv and
-    the job goes on; `<out>.json` records the checkpoint, and a re-run with another is refused.
+    at the end (also on interruption). Files that cannot be read are listed in <out>.errors.tsv
+    (escaped as embed's errors.tsv: files.tsv_line) and the job goes on; `<out>.json` records the
+    checkpoint, and a re-run with another is refused.
     """
     out = Path(out)
     if out.suffix != ".csv":
@@ -192,7 +193,7 @@ def predict_files(model: Predictor, inputs: list[str | Path], out: str | Path, *
         _write_rows(out, rows, top_k)
         errors = out.with_name(out.name + ".errors.tsv")
         if summary.failed:
-            atomic_write_text(errors, "".join(f"{n}\t{' '.join(e.split())}\n" for n, e in summary.failed))
+            write_tsv(errors, summary.failed)
         else:
             errors.unlink(missing_ok=True)  # a report from an earlier run would be stale
     return summary
