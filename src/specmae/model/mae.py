@@ -31,6 +31,14 @@ def unpatchify(patches: Tensor, grid: tuple[int, int], patch_f: int, patch_t: in
     return x.reshape(B, 1, n_f * patch_f, n_t * patch_t)
 
 
+def hidden_mask(ids_restore: Tensor, keep: int) -> Tensor:
+    """ids_restore (B, L), the inverse of an ids_shuffle whose first `keep` patches are visible ->
+    mask (B, L) float, 1 = masked (hidden from the encoder)."""
+    mask = torch.ones(ids_restore.shape, device=ids_restore.device)
+    mask[:, :keep] = 0
+    return torch.gather(mask, 1, ids_restore)
+
+
 class MaskedAutoencoder(nn.Module):
     """MAE for spectrograms: encoder on visible patches, light decoder on all, MSE on masked."""
 
@@ -111,9 +119,7 @@ class MaskedAutoencoder(nn.Module):
         if ids_shuffle is None:
             ids_shuffle = random_masking(x, enc.grid, mask_ratio, generator)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
-        mask = torch.ones(x.shape[0], enc.num_patches, device=x.device)
-        mask[:, :keep] = 0
-        mask = torch.gather(mask, 1, ids_restore)
+        mask = hidden_mask(ids_restore, keep)
         # Encode the visible patches, decode every position, score the hidden ones.
         latent = self.forward_encoder(x, ids_shuffle, keep)
         pred = self.forward_decoder(latent, ids_restore)

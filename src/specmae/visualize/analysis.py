@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..masking import PATTERNS, MaskingConfig, Masker, pattern_masking, random_masking
-from ..model.mae import MaskedAutoencoder
+from ..model.mae import MaskedAutoencoder, hidden_mask
 from ..model.vit import Encoder
 
 # Masking strategies drawn for every checkpoint whose grid and ratio allow them.
@@ -47,19 +47,12 @@ class Reconstruction:
         return int((self.mask[0] == 0).sum())
 
 
-def mask_of(ids_shuffle: Tensor, keep: int) -> Tensor:
-    """ids_shuffle (B, L) with the first `keep` visible -> mask (B, L) float, 1 = masked."""
-    mask = torch.ones(ids_shuffle.shape, device=ids_shuffle.device)
-    mask[:, :keep] = 0
-    return torch.gather(mask, 1, torch.argsort(ids_shuffle, dim=1))
-
-
 @torch.no_grad()
 def reconstruct_ids(model: MaskedAutoencoder, x: Tensor, ids_shuffle: Tensor, keep: int) -> Reconstruction:
     """Reconstruct x (B, 1, F, T) from the first `keep` patches of ids_shuffle (B, L)."""
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     pred = model.forward_decoder(model.forward_encoder(x, ids_shuffle, keep), ids_restore)
-    return paste(model, x, pred, mask_of(ids_shuffle, keep))
+    return paste(model, x, pred, hidden_mask(ids_restore, keep))
 
 
 def paste(model: MaskedAutoencoder, x: Tensor, pred: Tensor, mask: Tensor) -> Reconstruction:
