@@ -28,11 +28,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..audio import build_frontend, synth
+from ..audio import synth
 from ..audio.normalize import NormStats
 from ..config import RunConfig
 from ..model.mae import MaskedAutoencoder
-from .corpus import Corpus
+from .corpus import Corpus, corpus_from_waves
 from .logs import TrainLogger
 
 log = logging.getLogger(__name__)
@@ -104,22 +104,15 @@ def snapshot_crops(cfg: RunConfig, corpus: Corpus, n: int = SNAPSHOT_CROPS) -> t
     rng = np.random.default_rng([seed, HELD_OUT_SEED])
     if cfg.train.data is None:
         waves, labels = synth.make_corpus(n, seed=seed + HELD_OUT_SEED, sample_rate=fe.sample_rate)
-        with torch.no_grad():
-            lms = build_frontend(fe)(torch.from_numpy(waves)).numpy()  # (n, F, T_clip)
-        starts = rng.integers(0, max(lms.shape[-1] - n_frames, 0) + 1, size=n)
-        crops = [_pad(lms[i, :, s : s + n_frames], n_frames, fe.silence) for i, s in enumerate(starts)]
-        return np.stack(crops), [f"held-out {synth.CLASSES[label]}" for label in labels]
-    clips = rng.choice(len(corpus), size=min(n, len(corpus)), replace=False)
+        corpus = corpus_from_waves(waves, fe, labels)
+        clips = np.arange(n)
+    else:
+        clips = rng.choice(len(corpus), size=min(n, len(corpus)), replace=False)
     crops, titles = [], []
     for clip in clips:
         start = int(rng.integers(0, max(int(corpus.lengths[clip]) - n_frames, 0) + 1))
         crops.append(corpus.crop(int(clip), start, n_frames, fe.silence))
-        titles.append(f"training clip {Path(corpus.names[clip]).name} at {start * fe.hop_length / fe.sample_rate:.1f} s")
+        seconds = start * fe.hop_length / fe.sample_rate
+        titles.append(f"held-out {synth.CLASSES[corpus.labels[clip]]}" if cfg.train.data is None else
+                      f"training clip {Path(corpus.names[clip]).name} at {seconds:.1f} s")
     return np.stack(crops), titles
-
-
-def _pad(lms: np.ndarray, n_frames: int, value: float) -> np.ndarray:
-    """(F, T <= n_frames) -> (F, n_frames) float32, padded with silence at the end."""
-    out = np.full((lms.shape[0], n_frames), value, dtype=np.float32)
-    out[:, : lms.shape[1]] = lms
-    return out
