@@ -4,10 +4,8 @@ corpus (learning, multi-label, resume), prediction on audio of any length, and b
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -28,6 +26,8 @@ from specmae.model.mae import build_mae
 from specmae.model.presets import model_config
 from specmae.model.vit import sincos_2d
 from specmae.schema import ConfigError
+
+from test_pretrain import kill_at_checkpoint
 from specmae.training.augment import mixup, random_gain, spec_augment
 from specmae.training.clips import balanced_weights
 from specmae.training.engine import Dist, Trainer, param_groups
@@ -422,13 +422,7 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path, corpus_task):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "specmae.cli", "finetune", *map(str, args), "--out",
                              str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    pointer = tmp_path / "cut" / "model" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (pointer.is_file() and pointer.read_text().strip() >= "step-00000012"):
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, tmp_path / "cut" / "model" / "checkpoints", 12, timeout=300)
     assert not (tmp_path / "cut" / "report.json").exists()
     specmae_cli("finetune", *args, "--out", tmp_path / "cut", "--resume", env=env)
     specmae_cli("finetune", *args, "--out", tmp_path / "full", env=env)

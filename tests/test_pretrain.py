@@ -162,19 +162,25 @@ def tiny_cli_args(out, epochs):
 
 
 @pytest.mark.slow
+def kill_at_checkpoint(proc: subprocess.Popen, checkpoints: Path, step: int, timeout: float) -> None:
+    """Once the run's checkpoints/latest names step `step` or later, kill -9 `proc`, which must
+    still be running then (else its stderr is the failure)."""
+    pointer, name = checkpoints / "latest", f"step-{step:08d}"
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (pointer.is_file() and pointer.read_text().strip() >= name):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path):
     """A real process killed with SIGKILL mid-run resumes and ends with the same weights."""
     epochs = 25
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(_cli(*tiny_cli_args(tmp_path / "cut", epochs)), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    pointer = tmp_path / "cut" / "checkpoints" / "latest"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (pointer.is_file() and pointer.read_text().strip() >= "step-00000012"):
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(proc, tmp_path / "cut" / "checkpoints", 12, timeout=120)
     logged = [json.loads(l) for l in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     last_logged = max(r["step"] for r in logged if "loss" in r)
     saved = load_train_state(tmp_path / "cut")["step"]
