@@ -61,8 +61,7 @@ def evaluate(tasks: Sequence[Task], models: Sequence[str | os.PathLike] | Mappin
              valid_fraction: float = 0.15, audio_memory: int = 2 << 30, plots: bool = True,
              embedders: Sequence[ClipEmbedder] | None = None) -> dict:
     """Score every model and baseline on every task; returns the report dict, also written to
-    `out` when given (report.json, report.md, report_figures). A single unnamed model is called
-    'pre-trained'.
+    `out` when given (see report_figures). A single unnamed model is called 'pre-trained'.
 
     cache: a folder for the embeddings, 'auto' (= <out>/cache, or memory only without out) or None
     (memory only). The probe runs on `device` too; `seed` seeds the validation hold-out, the
