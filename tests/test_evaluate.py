@@ -3,6 +3,8 @@
 import argparse
 import csv
 import json
+import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from specmae.model.mae import MaskedAutoencoder
 from specmae.model.presets import model_config
 from specmae.evaluation.evaluate import builtin_comparison
 from specmae.evaluation.probe import ProbeConfig
+from specmae.evaluation.report import cell, chance, headline, mean_std, notes, table
 
 pytest.importorskip("matplotlib")
 QUICK = ProbeConfig(heads=("linear", "mlp1"), lrs=(3.2e-3, 1e-3), hidden=64, max_epochs=40, patience=5, batch_size=256)
@@ -276,6 +279,30 @@ def test_binary_task_from_in_memory_audio(tiny_ckpt):
     assert report["tasks"]["vowels"]["chance"] == 0.5
 
 
+def test_report_parts_shared_by_evaluate_and_finetune():
+    """The fold notes say HEAR's rotation once and a binary task's positive class; scores x 100
+    read 'mean ± std'; a command prints its report.md up to the first section."""
+    waves = [np.full(160, i, np.float32) for i in range(12)]
+    task = Task.from_arrays("rot", waves, ["no", "yes"] * 6, [f"f{i // 4}" for i in range(12)], sample_rate=16000,
+                            kind="binary", classes=["no", "yes"], folds=True)
+    splits = task.splits()
+    assert notes(task, splits) == ["3 folds: each is the test part once, the next one in sorted order validates "
+                                   "and the others train (HEAR's convention)", "positive class (ROC-AUC): 'yes'"]
+    assert chance(task, splits) == 0.5
+    assert cell(mean_std([0.5, 0.7])) == "60.0 ± 14.1" and cell(mean_std([0.25])) == "25.0" and cell(None) == "-"
+    md = "\n".join(["# title", "", *table(["a", "b"], [[1, "x"]]), "", "## Section", "", "- more"])
+    assert headline(md) == "# title\n\n| a | b |\n|---|---|\n| 1 | x |"
+
+
+def test_report_without_matplotlib_keeps_its_numbers(corpus, tmp_path, tiny_ckpt, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        evaluate([load_task(corpus, name="synth")], [tiny_ckpt], out=out, baselines=[], grid=QUICK)
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["report.json", "report.md"]
+    assert any("matplotlib is not installed" in r.message for r in caplog.records)
+
+
 def test_cli_evaluate(corpus, tmp_path, tiny_ckpt, capsys):
     parser = argparse.ArgumentParser()
     add_evaluate_arguments(parser)
@@ -286,6 +313,7 @@ def test_cli_evaluate(corpus, tmp_path, tiny_ckpt, capsys):
     run_evaluate_command(args)
     printed = capsys.readouterr().out
     assert "| digits | accuracy | 1 |" in printed and "| again |" in printed and "report.md" in printed
+    assert "## Protocol" not in printed
     report = json.loads((out / "report.json").read_text())
     assert report["probe"]["max_epochs"] == 30
     # The same clips embed once: the second task reads them from the cache.

@@ -223,6 +223,8 @@ def test_finetuning_learns_and_beats_the_frozen_probe(finetuned):
     for name in ("report.json", "report.md", "curves.png", "confusion.png", "config.json", "probe/report.json"):
         assert (out / name).is_file(), name
     assert "frozen probe" in (out / "report.md").read_text()
+    probe_task = json.loads((out / "probe" / "report.json").read_text())["tasks"]["synth"]
+    assert report["task"]["notes"] == probe_task["notes"] and report["chance"] == probe_task["chance"]
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from ..checkpoint import CheckpointError, read
     from ..checkpoint.official import is_foreign_weights
     from ..evaluation.evaluate import parse_task_spec
+    from ..evaluation.report import headline
     from ..evaluation.tasks import load_task
     from ..training.finetune_run import finetune, markdown
 
@@ -55,8 +56,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     task = load_task(path, prefer_rate=rate, **options)
     report = finetune(cfg, args.checkpoint, task, args.out, resume=args.resume, progress=not args.quiet)
     if report is not None:
-        md = markdown(report)
-        print(md[:md.index("## Recipe")].rstrip())
+        print(headline(markdown(report)))
         print(f"\nreport: {Path(args.out) / 'report.md'} (+ report.json, curves.png); "
               f"`specmae predict {args.out}` uses {Path(args.out) / report['kept']}")
 

@@ -5,5 +5,5 @@
     probe.py      shallow heads (linear, MLP), the grid, early stopping
     embedders.py  what evaluation embeds with (models, baselines), audio store, cache
     evaluate.py   the runner and `specmae evaluate`
-    report.py     JSON, Markdown, confusion and comparison plots
+    report.py     the report writer of evaluate and finetune: JSON, Markdown, figures
 """

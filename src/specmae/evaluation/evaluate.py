@@ -28,18 +28,18 @@ import logging
 import os
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import torch
 
 from .. import __version__
 from ..audio import AudioError
 from .embedders import (AudioStore, ClipEmbedder, EmbeddingCache, cache_key, embed_task, model_embedders, task_identity)
-from .metrics import chance_score
 from .probe import GRIDS, PRECISIONS, ProbeConfig, train_probe
-from .report import markdown, write_report
+from .report import (cell, chance, confusion, headline, mean_std, notes, plot_comparison, plot_confusion, slug,
+                     table, task_summary, write_report)
 from .tasks import TASK_OPTIONS, Task, TaskError, load_task
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ def evaluate(tasks: Sequence[Task], models: Sequence[str | os.PathLike] | Mappin
              cache: str | os.PathLike | None = "auto", embed_options: dict | None = None,
              valid_fraction: float = 0.15, audio_memory: int = 2 << 30, plots: bool = True,
              embedders: Sequence[ClipEmbedder] | None = None) -> dict:
-    """Score every model and baseline on every task; returns the report dict (see write_report),
-    also written to `out` when given. A single unnamed model is called 'pre-trained'.
+    """Score every model and baseline on every task; returns the report dict, also written to
+    `out` when given (see report_figures). A single unnamed model is called 'pre-trained'.
 
     cache: a folder for the embeddings, 'auto' (= <out>/cache, or memory only without out) or None
     (memory only). The probe runs on `device` too; `seed` seeds the validation hold-out, the
@@ -90,18 +90,10 @@ def evaluate(tasks: Sequence[Task], models: Sequence[str | os.PathLike] | Mappin
               "models": {e.name: e.identity for e in embedders}, "tasks": {}}
     for task in tasks:
         y = task.targets()
-        notes = sorted({s.note for s in splits[task.name]})
-        if all(n.startswith("validation: next fold") for n in notes) and len(notes) > 1:
-            notes = [f"{len(notes)} folds: each is the test part once, the next one in sorted order validates "
-                     "and the others train (HEAR's convention)"]
-        if task.kind == "binary":
-            notes.append(f"positive class (ROC-AUC): {task.classes[1]!r}")
-        entry = {"source": task.source, "type": task.kind, "metric": task.metric, "classes": task.classes,
-                 "clips": len(task), "notes": task.notes + notes,
+        entry = {**task_summary(task), "notes": notes(task, splits[task.name]),
                  "folds": [{"name": s.name, "train": len(s.train), "valid": len(s.valid), "test": len(s.test),
-                            "note": s.note} for s in splits[task.name]], "results": {}}
-        entry["chance"] = float(np.mean([chance_score(task.metric, y[s.test], len(task.classes))
-                                         for s in splits[task.name]]))
+                            "note": s.note} for s in splits[task.name]], "results": {},
+                 "chance": chance(task, splits[task.name])}
         for e in embedders:
             key = cache_key(e, ids[task.name])
             t0 = time.perf_counter()
@@ -119,25 +111,64 @@ def evaluate(tasks: Sequence[Task], models: Sequence[str | os.PathLike] | Mappin
                                 device=device)
                 fold = {"name": s.name, **r.to_dict()}
                 if task.kind != "multilabel":
-                    fold["confusion"] = _confusion(y[s.test], r.test_probs.argmax(1), len(task.classes)).tolist()
+                    fold["confusion"] = confusion(y[s.test], r.test_probs.argmax(1), len(task.classes)).tolist()
                 folds.append(fold)
                 log.info("%s / %s / %s: %s %.4f (valid %.4f, %s lr %g)", task.name, e.name, s.name, task.metric,
                          r.test_score, r.valid_score, r.chosen.head, r.chosen.lr)
-            scores = [f["test"] for f in folds]
-            entry["results"][e.name] = {
-                "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else None,
-                "folds": folds, "dim": int(emb.shape[1]), "embed_s": round(t1 - t0, 3), "cached": hit,
-                "probe_s": round(time.perf_counter() - t1, 3)}
+            entry["results"][e.name] = {**mean_std([f["test"] for f in folds]), "folds": folds,
+                                        "dim": int(emb.shape[1]), "embed_s": round(t1 - t0, 3), "cached": hit,
+                                        "probe_s": round(time.perf_counter() - t1, 3)}
         report["tasks"][task.name] = entry
-    report["timing"] = {
-        "embed_s": {e.name: round(sum(t["results"][e.name]["embed_s"] for t in report["tasks"].values()), 3)
-                    for e in embedders},
-        "probe_s": {e.name: round(sum(t["results"][e.name]["probe_s"] for t in report["tasks"].values()), 3)
-                    for e in embedders},
-        "total_s": round(time.perf_counter() - started, 3)}
+    report["timing"] = {key: {e.name: round(sum(t["results"][e.name][key] for t in report["tasks"].values()), 3)
+                              for e in embedders} for key in ("embed_s", "probe_s")}
+    report["timing"]["total_s"] = round(time.perf_counter() - started, 3)
     if out is not None:
-        write_report(report, out, plots=plots)
+        write_report(out, report, markdown(report), report_figures(report) if plots else ())
     return report
+
+
+def markdown(report: dict) -> str:
+    """Task x model table of test scores x 100: mean ± standard deviation over folds; the protocol,
+    the tasks with their notes and the probes chosen, the time taken."""
+    models = list(report["models"])
+    lines = ["# specmae evaluation", "",
+             "Test scores x 100, mean ± standard deviation over folds (one number: a single train/test split).", "",
+             *table(["task", "metric", "folds", *models, "chance"],
+                    [[name, t["metric"], len(t["folds"]), *(cell(t["results"][m]) for m in models),
+                      f"{100 * t['chance']:.1f}"] for name, t in report["tasks"].items()])]
+    p = report["probe"]
+    lines += ["", "## Protocol", "",
+              "- Frozen clip embeddings (time mean of frame features), standardised on each training part.",
+              f"- Probe grid: heads {', '.join(p['heads'])} x learning rates {', '.join(f'{lr:g}' for lr in p['lrs'])} "
+              f"(hidden {p['hidden']}, BatchNorm, dropout {p['dropout']}, ReLU; Adam, batch {p['batch_size']}); "
+              f"early stopping on the validation metric, patience {p['patience']} epochs, at most "
+              f"{p['max_epochs']}; best epoch restored; config chosen on validation; seed {p['seed']}.",
+              "- Baselines: 'random init' = the same architecture randomly initialised; 'log-mel stats' = "
+              "per-mel-bin mean and standard deviation of the log-mel over time.", "", "## Tasks", ""]
+    for name, t in report["tasks"].items():
+        parts = ", ".join(f"{f['name']}: {f['train']}/{f['valid']}/{f['test']}" for f in t["folds"])
+        lines.append(f"- **{name}** ({t['source']}): {t['type']}, {len(t['classes'])} classes, {t['clips']} clips; "
+                     f"train/valid/test per fold: {parts}.")
+        lines += [f"  - {note}" for note in t["notes"]]
+        chosen = "; ".join(f"{m}: " + ", ".join(f"{f['chosen']['head']} lr {f['chosen']['lr']:g} "
+                                                 f"ep {f['chosen']['best_epoch']}" for f in r["folds"])
+                           for m, r in t["results"].items())
+        lines.append(f"  - chosen probes: {chosen}")
+    timing = report["timing"]
+    lines += ["", "## Time", "",
+              *table(["model", "embedding s", "probe s"],
+                     [[m, f"{timing['embed_s'][m]:.1f}", f"{timing['probe_s'][m]:.1f}"] for m in models]),
+              "", f"Total {timing['total_s']:.1f} s (embedding 0 = read from the cache).", ""]
+    return "\n".join(lines)
+
+
+def report_figures(report: dict) -> list:
+    """confusion_<task>_<model>.png per single-label task (summed over folds), comparison.png."""
+    figures = [(f"confusion_{slug(name)}_{slug(m)}.png",
+                partial(plot_confusion, [f["confusion"] for f in r["folds"]], t["classes"],
+                        f"{name} - {m}: {t['metric']} {cell(r)}"))
+               for name, t in report["tasks"].items() if t["type"] != "multilabel" for m, r in t["results"].items()]
+    return figures + [("comparison.png", partial(plot_comparison, report))]
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -147,12 +178,6 @@ def _unique(names: list[str]) -> list[str]:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
     return out
-
-
-def _confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """(C, C) counts, rows = true class, columns = predicted class."""
-    return np.bincount(true * n + pred, minlength=n * n).reshape(n, n)
-
 
 
 def builtin_comparison(checkpoint: str | os.PathLike, n_clips: int = 1000, seed: int = 10_000, *,
@@ -261,7 +286,6 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
                           valid_fraction=args.valid_fraction, plots=not args.no_plots)
     except (TaskError, CheckpointError, AudioError, ValueError) as e:
         raise SystemExit(f"specmae evaluate: {e}") from e
-    md = markdown(report)
-    print(md[:md.index("## Protocol")].rstrip())
+    print(headline(markdown(report)))
     print(f"\nreport: {Path(args.out) / 'report.md'} (+ report.json, PNGs)")
 

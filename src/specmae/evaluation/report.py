@@ -1,4 +1,7 @@
-"""Evaluation reports: Markdown table, confusion matrices and the model comparison chart."""
+"""The reports of `specmae evaluate` and `specmae finetune`, built by each command (evaluate.py,
+training/finetune_run.py) from these parts: the numbers over folds, the fold notes, Markdown
+tables, confusion matrices and curves; write_report writes report.json, report.md and the
+figures, each atomically."""
 
 from __future__ import annotations
 
@@ -7,70 +10,85 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..files import atomic_write_text, save_png
+from .metrics import chance_score
+from .tasks import Split, Task
 
 log = logging.getLogger(__name__)
 
 
-# --- report --------------------------------------------------------------------------------------
+# --- numbers -------------------------------------------------------------------------------------
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-")
-
-
-def _cell(r: dict, n_folds: int) -> str:
-    if r["std"] is None:
-        return f"{100 * r['mean']:.1f}"
-    return f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
+def mean_std(scores: Sequence[float]) -> dict:
+    """{'mean', 'std'} over folds; std (ddof 1) is None for a single split."""
+    return dict(mean=float(np.mean(scores)), std=float(np.std(scores, ddof=1)) if len(scores) > 1 else None)
 
 
-def markdown(report: dict) -> str:
-    """Task x model table of test scores x 100: mean ± standard deviation over folds."""
-    models = list(report["models"])
-    lines = ["# specmae evaluation", "",
-             "Test scores x 100, mean ± standard deviation over folds (one number: a single train/test split).", "",
-             "| task | metric | folds | " + " | ".join(models) + " | chance |",
-             "|---|---|---|" + "---|" * (len(models) + 1)]
-    for name, t in report["tasks"].items():
-        n = len(t["folds"])
-        cells = [_cell(t["results"][m], n) for m in models]
-        lines.append(f"| {name} | {t['metric']} | {n} | " + " | ".join(cells) + f" | {100 * t['chance']:.1f} |")
-    p = report["probe"]
-    lines += ["", "## Protocol", "",
-              "- Frozen clip embeddings (time mean of frame features), standardised on each training part.",
-              f"- Probe grid: heads {', '.join(p['heads'])} x learning rates {', '.join(f'{lr:g}' for lr in p['lrs'])} "
-              f"(hidden {p['hidden']}, BatchNorm, dropout {p['dropout']}, ReLU; Adam, batch {p['batch_size']}); "
-              f"early stopping on the validation metric, patience {p['patience']} epochs, at most "
-              f"{p['max_epochs']}; best epoch restored; config chosen on validation; seed {p['seed']}.",
-              "- Baselines: 'random init' = the same architecture randomly initialised; 'log-mel stats' = "
-              "per-mel-bin mean and standard deviation of the log-mel over time.", "", "## Tasks", ""]
-    for name, t in report["tasks"].items():
-        parts = ", ".join(f"{f['name']}: {f['train']}/{f['valid']}/{f['test']}" for f in t["folds"])
-        lines.append(f"- **{name}** ({t['source']}): {t['type']}, {len(t['classes'])} classes, {t['clips']} clips; "
-                     f"train/valid/test per fold: {parts}.")
-        lines += [f"  - {note}" for note in t["notes"]]
-        chosen = "; ".join(f"{m}: " + ", ".join(f"{f['chosen']['head']} lr {f['chosen']['lr']:g} "
-                                                 f"ep {f['chosen']['best_epoch']}" for f in r["folds"])
-                           for m, r in t["results"].items())
-        lines.append(f"  - chosen probes: {chosen}")
-    timing = report["timing"]
-    lines += ["", "## Time", "", "| model | embedding s | probe s |", "|---|---|---|"]
-    lines += [f"| {m} | {timing['embed_s'][m]:.1f} | {timing['probe_s'][m]:.1f} |" for m in models]
-    lines += ["", f"Total {timing['total_s']:.1f} s (embedding 0 = read from the cache).", ""]
-    return "\n".join(lines)
+def chance(task: Task, splits: Sequence[Split]) -> float:
+    """The chance score of the task's metric, averaged over the test parts."""
+    y = task.targets()
+    return float(np.mean([chance_score(task.metric, y[s.test], len(task.classes)) for s in splits]))
 
 
-def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str, path: str | os.PathLike) -> Path:
-    """Row-normalised confusion matrix (true class per row), counts written in the cells."""
+def confusion(true: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """(C, C) counts, rows = true class, columns = predicted class."""
+    return np.bincount(np.asarray(true) * n + np.asarray(pred), minlength=n * n).reshape(n, n)
+
+
+def task_summary(task: Task) -> dict:
+    return dict(name=task.name, source=task.source, type=task.kind, metric=task.metric, classes=list(task.classes),
+                clips=len(task))
+
+
+def notes(task: Task, splits: Sequence[Split]) -> list[str]:
+    """What a reader of the scores needs to know: the task's own notes, how each fold validates
+    (HEAR's rotation said once, not per fold) and the positive class of a binary task."""
+    folds = sorted({s.note for s in splits})
+    if len(folds) > 1 and all(n.startswith("validation: next fold") for n in folds):
+        folds = [f"{len(folds)} folds: each is the test part once, the next one in sorted order validates "
+                 "and the others train (HEAR's convention)"]
+    binary = [f"positive class (ROC-AUC): {task.classes[1]!r}"] if task.kind == "binary" else []
+    return task.notes + folds + binary
+
+
+# --- report.md -----------------------------------------------------------------------------------
+
+def cell(entry: dict | None) -> str:
+    """A {'mean', 'std'} score x 100: '81.2 ± 3.4', '81.2' for a single split, '-' for none."""
+    if entry is None:
+        return "-"
+    return f"{100 * entry['mean']:.1f}" + (f" ± {100 * entry['std']:.1f}" if entry["std"] is not None else "")
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence]) -> list[str]:
+    """The lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+
+
+def headline(markdown: str) -> str:
+    """A report.md up to its first section: what a command prints."""
+    return markdown.split("\n## ", 1)[0].rstrip()
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
 
-    matrix = np.asarray(matrix)
+
+def plot_confusion(folds: Sequence, classes: Sequence[str], title: str, path: str | os.PathLike) -> Path:
+    """Test confusion counts (C, C) of every fold, summed and row-normalised (true class per row),
+    counts written in the cells."""
+    plt = _pyplot()
+    matrix = np.sum(folds, axis=0)
     n = len(classes)
     rate = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     size = min(4 + 0.45 * n, 16)
@@ -94,11 +112,9 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str, path:
 
 
 def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
-    """Grouped bars: test score per task and model, error bars = std over folds, chance dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Grouped bars of an evaluation report: test score per task and model, error bars = std over
+    folds, chance dashed."""
+    plt = _pyplot()
     tasks, models = list(report["tasks"]), list(report["models"])
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.6 * len(tasks) * len(models)), 4.2))
@@ -124,23 +140,42 @@ def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
     return save_png(fig, Path(path), tight=False)
 
 
-def write_report(report: dict, out: str | os.PathLike, plots: bool = True) -> list[Path]:
-    """report.json (every number), report.md, confusion_<task>_<model>.png per single-label task
-    (summed over folds), comparison.png; all written atomically into `out`."""
+def plot_curves(logs: Mapping[str, Sequence[dict]], metric: str, path: str | os.PathLike) -> Path:
+    """Training loss (left) and validation `metric` per epoch (right), one line per fold, from
+    each fold's log records {fold name: [log.jsonl record, ...]} (training/logs.py)."""
+    plt = _pyplot()
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, records in logs.items():
+        steps = [r for r in records if "loss" in r and "event" not in r]
+        valid = [r for r in records if r.get("event") == "validation"]
+        loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label=name)
+        val_ax.plot([r["epoch"] + 1 for r in valid], [100 * r[metric] for r in valid], marker=".", label=name)
+    loss_ax.set(xlabel="optimizer step", ylabel="training loss", title="training loss")
+    val_ax.set(xlabel="epoch", ylabel=f"{metric} x 100", title=f"validation {metric}")
+    for ax in (loss_ax, val_ax):
+        ax.grid(alpha=0.3)
+    if len(logs) > 1:
+        val_ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_png(fig, Path(path))
+
+
+# --- the writer ----------------------------------------------------------------------------------
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-")
+
+
+def write_report(out: str | os.PathLike, report: dict, markdown: str,
+                 figures: Iterable[tuple[str, Callable[[Path], Path]]] = ()) -> list[Path]:
+    """report.json (every number), report.md and each (file name, plot(path)) figure, all written
+    atomically into `out`; -> the paths written. Without matplotlib the figures are left out,
+    with a warning."""
     out = Path(out)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
-    atomic_write_text(out / "report.md", markdown(report))
-    written = [out / "report.json", out / "report.md"]
-    if plots:
-        for name, t in report["tasks"].items():
-            if t["type"] == "multilabel":
-                continue
-            for m, r in t["results"].items():
-                matrix = np.sum([f["confusion"] for f in r["folds"]], axis=0)
-                title = f"{name} - {m}: {t['metric']} {100 * r['mean']:.1f}"
-                path = out / f"confusion_{_slug(name)}_{_slug(m)}.png"
-                written.append(plot_confusion(matrix, t["classes"], title, path))
-        written.append(plot_comparison(report, out / "comparison.png"))
+    written = [atomic_write_text(out / "report.json", json.dumps(report, indent=1)),
+               atomic_write_text(out / "report.md", markdown)]
+    try:
+        written += [plot(out / name) for name, plot in figures]
+    except ImportError:
+        log.warning("matplotlib is not installed: %s has no figures (pip install 'specmae[plots]')", out)
     return written
-
-

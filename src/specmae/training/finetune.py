@@ -31,6 +31,7 @@ from ..checkpoint import load_checkpoint
 from ..checkpoint.loader import Checkpoint
 from ..config import FinetuneConfig, FinetuneInfo
 from ..evaluation.metrics import score
+from ..evaluation.report import confusion
 from ..evaluation.tasks import Split, Task, TaskError
 from ..features.predict import Predictor
 from ..files import atomic_write_text
@@ -186,13 +187,11 @@ class FoldTrainer:
         self.model.load_state_dict(state)
         test = self.split.test
         probs = self.probabilities(test)
-        confusion = None
-        if self.task.kind != "multilabel":
-            n = len(self.task.classes)
-            confusion = np.bincount(self.y[test] * n + probs.argmax(1), minlength=n * n).reshape(n, n).tolist()
+        counts = None if self.task.kind == "multilabel" else \
+            confusion(self.y[test], probs.argmax(1), len(self.task.classes)).tolist()
         result = FoldResult(self.run_dir.name, str(self.run_dir), len(self.split.train), len(self.split.valid),
                             len(test), trainer.extras["best_epoch"], trainer.extras["best_step"],
-                            trainer.extras["best"], score(self.task.metric, self.y[test], probs), confusion)
+                            trainer.extras["best"], score(self.task.metric, self.y[test], probs), counts)
         if self.env.main:
             # `specmae.load(run)` and `predict` take the kept checkpoint, not the last one.
             atomic_write_text(self.run_dir / "latest", "checkpoints/best\n")

@@ -29,16 +29,14 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
 from ..checkpoint import load
 from ..config import FinetuneConfig
 from ..evaluation.embedders import AudioStore
-from ..evaluation.metrics import chance_score
-from ..evaluation.report import plot_confusion
+from ..evaluation.report import (cell, chance, mean_std, notes, plot_confusion, plot_curves, table, task_summary,
+                                 write_report)
 from ..evaluation.tasks import Split, Task
-from ..files import atomic_write_text, save_png
+from ..files import atomic_write_text
 from ..schema import ConfigError
 from .engine import setup, split_batch
 from .finetune import FoldResult, FoldTrainer, prepare, read_result
@@ -101,46 +99,20 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
                           seed=cfg.train.seed, device=env.device, valid_fraction=cfg.valid_fraction)
         probe = probed["tasks"][task.name]["results"][PROBE_NAME]
     report = build_report(cfg, str(source), task, splits, results, probe)
-    write_report(report, out)
-    best = max(results, key=lambda r: r.valid)
-    atomic_write_text(out / "latest", f"{Path(best.run).name}/checkpoints/best\n")
+    write_report(out, report, markdown(report), report_figures(report))
+    atomic_write_text(out / "latest", f"{report['kept']}/checkpoints/best\n")
     return report
-
-
-def task_summary(task: Task) -> dict:
-    return dict(name=task.name, source=task.source, type=task.kind, metric=task.metric, classes=list(task.classes),
-                clips=len(task))
-
-
-def _mean_std(values: list[float]) -> dict:
-    return dict(mean=float(np.mean(values)), std=float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
 def build_report(cfg: FinetuneConfig, source: str, task: Task, splits: list[Split], results: list[FoldResult],
                  probe: dict | None) -> dict:
     """Every number of the run: per fold and over folds, fine-tuned and frozen probe."""
-    y = task.targets()
-    folds = []
-    for i, r in enumerate(results):
-        fold = asdict(r)
-        fold["probe"] = probe["folds"][i]["test"] if probe else None
-        folds.append(fold)
-    notes = sorted({s.note for s in splits})
-    if len(notes) > 1 and all(n.startswith("validation: next fold") for n in notes):
-        notes = [f"{len(notes)} folds: each is the test part once, the next one in sorted order validates "
-                 "and the others train (HEAR's convention)"]
+    folds = [dict(asdict(r), probe=probe["folds"][i]["test"] if probe else None) for i, r in enumerate(results)]
     return {"specmae": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": source,
-            "task": dict(task_summary(task), notes=task.notes + notes), "config": cfg.to_dict(),
-            "chance": float(np.mean([chance_score(task.metric, y[s.test], len(task.classes)) for s in splits])),
-            "folds": folds, "fine_tuned": _mean_std([r.test for r in results]),
-            "frozen_probe": dict(_mean_std([f["probe"] for f in folds]), grid=cfg.probe) if probe else None,
+            "task": dict(task_summary(task), notes=notes(task, splits)), "config": cfg.to_dict(),
+            "chance": chance(task, splits), "folds": folds, "fine_tuned": mean_std([r.test for r in results]),
+            "frozen_probe": dict(mean_std([f["probe"] for f in folds]), grid=cfg.probe) if probe else None,
             "kept": max(results, key=lambda r: r.valid).name}
-
-
-def _cell(entry: dict | None) -> str:
-    if entry is None:
-        return "-"
-    return f"{100 * entry['mean']:.1f}" + (f" ± {100 * entry['std']:.1f}" if entry["std"] is not None else "")
 
 
 def markdown(report: dict) -> str:
@@ -150,19 +122,15 @@ def markdown(report: dict) -> str:
              f"From `{report['source']}` on {t['source']}: {t['type']}, {len(t['classes'])} classes, "
              f"{t['clips']} clips. Test {t['metric']} x 100 of the checkpoint kept on validation; the frozen "
              "probe is the same starting checkpoint's encoder, frozen, with the probe grid on the same folds.", "",
-             "| fold | train / valid / test | best epoch | valid | test, fine-tuned | test, frozen probe |",
-             "|---|---|---|---|---|---|"]
-    for f in report["folds"]:
-        probe_cell = f"{100 * f['probe']:.1f}" if f["probe"] is not None else "-"
-        lines.append(f"| {f['name']} | {f['train']} / {f['valid_clips']} / {f['test_clips']} | {f['best_epoch']} | "
-                     f"{100 * f['valid']:.1f} | {100 * f['test']:.1f} | {probe_cell} |")
-    lines.append(f"| **mean ± std** | | | | **{_cell(ft)}** | {_cell(probe)} |")
-    lines.append("")
-    if probe:
-        lines.append(f"Gain from fine-tuning: {100 * (ft['mean'] - probe['mean']):+.1f} points "
-                     f"(probe grid '{probe['grid']}'). Chance: {100 * report['chance']:.1f}.")
-    else:
-        lines.append(f"Chance: {100 * report['chance']:.1f}. (No frozen probe: probe = none.)")
+             *table(["fold", "train / valid / test", "best epoch", "valid", "test, fine-tuned", "test, frozen probe"],
+                    [*([f["name"], f"{f['train']} / {f['valid_clips']} / {f['test_clips']}", f["best_epoch"],
+                        f"{100 * f['valid']:.1f}", f"{100 * f['test']:.1f}",
+                        "-" if f["probe"] is None else f"{100 * f['probe']:.1f}"] for f in report["folds"]),
+                     ["**mean ± std**", "", "", "", f"**{cell(ft)}**", cell(probe)]]),
+             ""]
+    gain = (f"Gain from fine-tuning: {100 * (ft['mean'] - probe['mean']):+.1f} points (probe grid '{probe['grid']}'). "
+            if probe else "No frozen probe (probe = none). ")
+    lines.append(f"{gain}Chance: {100 * report['chance']:.1f}.")
     m, a, tr = c["model"], c["augment"], c["train"]
     lines += ["", "## Recipe", "",
               f"- Classifier: {m['pool']} pooling + LayerNorm + Linear (init std {m['head_init_std']:g}); input "
@@ -178,41 +146,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(report: dict, out: Path) -> Path:
-    """Training loss (the mean of every `train.log_every` steps, left) and validation metric per epoch
-    (right), one line per fold."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metric = report["task"]["metric"]
-    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for f in report["folds"]:
-        records = [json.loads(line) for line in (Path(f["run"]) / "log.jsonl").read_text().splitlines()]
-        steps = [r for r in records if "loss" in r]
-        valid = [r for r in records if r.get("event") == "validation"]
-        loss_ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label=f["name"])
-        val_ax.plot([r["epoch"] + 1 for r in valid], [100 * r[metric] for r in valid], marker=".", label=f["name"])
-    loss_ax.set(xlabel="optimizer step", ylabel="training loss", title="training loss")
-    val_ax.set(xlabel="epoch", ylabel=f"{metric} x 100", title=f"validation {metric}")
-    for ax in (loss_ax, val_ax):
-        ax.grid(alpha=0.3)
-    if len(report["folds"]) > 1:
-        val_ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return save_png(fig, out)
-
-
-def write_report(report: dict, out: Path) -> None:
-    """report.json, report.md, curves.png and (single-label tasks) confusion.png, atomically."""
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
-    atomic_write_text(out / "report.md", markdown(report))
-    try:
-        plot_curves(report, out / "curves.png")
-        folds = [f["confusion"] for f in report["folds"] if f["confusion"] is not None]
-        if folds:
-            t = report["task"]
-            plot_confusion(np.sum(folds, axis=0), t["classes"],
-                           f"{t['name']} fine-tuned: {t['metric']} {_cell(report['fine_tuned'])}", out / "confusion.png")
-    except ImportError:
-        log.warning("matplotlib is not installed: no curves.png / confusion.png (pip install 'specmae[plots]')")
+def report_figures(report: dict) -> list:
+    """curves.png: each fold's training loss and validation metric (its log.jsonl); confusion.png:
+    the test confusion matrix summed over folds (single-label tasks)."""
+    t = report["task"]
+    logs = {f["name"]: [json.loads(line) for line in (Path(f["run"]) / "log.jsonl").read_text().splitlines()]
+            for f in report["folds"]}
+    figures = [("curves.png", partial(plot_curves, logs, t["metric"]))]
+    if t["type"] != "multilabel":
+        figures.append(("confusion.png", partial(plot_confusion, [f["confusion"] for f in report["folds"]],
+                                                 t["classes"], f"{t['name']} - fine-tuned: {t['metric']} "
+                                                 f"{cell(report['fine_tuned'])}")))
+    return figures
