@@ -95,3 +95,14 @@ def fsdd():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def written_before(folder: Path, field: str) -> None:
+    """Make the run in `folder` look as if written before config field `field` existed: the field
+    is removed from every config.json under it (the run's and its checkpoints')."""
+    def drop(value):
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k != field}
+        return value
+    for path in folder.rglob("config.json"):
+        path.write_text(json.dumps(drop(json.loads(path.read_text())), indent=1))

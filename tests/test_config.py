@@ -27,6 +27,22 @@ def test_round_trip_of_every_default_and_builtin_config():
         assert again == cfg
 
 
+def test_token_weight_decay_is_each_recipes_explicit_setting():
+    """Pre-training decays the [CLS] and mask tokens (the official MSM-MAE and MaskSpec groups),
+    fine-tuning does not (MAE's no_weight_decay); a config written before the field existed
+    reads it as false, the rule those runs trained with."""
+    from specmae.config import FinetuneConfig, builtin_configs
+    assert RunConfig().train.decay_tokens and not FinetuneConfig().train.decay_tokens
+    for name in builtin_configs():
+        assert read_config_file(name)["train"]["decay_tokens"] is True, name
+    stored = RunConfig().to_dict()
+    del stored["train"]["decay_tokens"]
+    assert RunConfig.from_dict(stored).train.decay_tokens is False
+    stored = FinetuneConfig().to_dict()
+    del stored["train"]["decay_tokens"]
+    assert FinetuneConfig.from_dict(stored).train.decay_tokens is False
+
+
 @pytest.mark.parametrize("data, message", [
     ({"nosuch": {"x": 1}}, "unknown field nosuch"),
     ({"train": {"batch_size": 0}}, "train.batch_size: expected a positive number, got 0"),

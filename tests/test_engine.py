@@ -48,14 +48,14 @@ def cross_entropy(net, batch, step, micro_step):
 def trainer_for(run_dir, model, steps_per_epoch=4, resume=False, groups=None, **train) -> Trainer:
     cfg = TrainConfig(**{**dict(epochs=3, warmup_epochs=0, batch_size=8, micro_batch=4, blr=0.5, workers=0,
                                 checkpoint_every=4), **train})
-    return Trainer(model, groups or param_groups(model, cfg.weight_decay), cfg, Dist(), steps_per_epoch, run_dir,
+    return Trainer(model, groups or param_groups(model, cfg), cfg, Dist(), steps_per_epoch, run_dir,
                    meta=dict(model="toy"), resume=resume, progress=False)
 
 
 def test_lr_scale_multiplies_each_groups_lr(tmp_path):
     model = toy()
     # parameters of the first layer at half the lr, as layer-wise decay would do
-    groups = param_groups(model, 0.05, lr_scale=lambda name: 0.5 if name.startswith("0.") else 1.0)
+    groups = param_groups(model, TrainConfig(), lr_scale=lambda name: 0.5 if name.startswith("0.") else 1.0)
     assert [(g["lr_scale"], g["weight_decay"], len(g["params"])) for g in groups] == [
         (0.5, 0.05, 1), (0.5, 0.0, 1), (1.0, 0.05, 1), (1.0, 0.0, 3)]
     trainer = trainer_for(tmp_path, model, groups=groups)
@@ -64,7 +64,7 @@ def test_lr_scale_multiplies_each_groups_lr(tmp_path):
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [lr / 2, lr / 2, lr, lr]
     # the scales live in the trainer, not in the optimizer's saved state
     assert all("lr_scale" not in g for g in trainer.optimizer.state_dict()["param_groups"])
-    assert [g["lr_scale"] for g in param_groups(model, 0.05)] == [1.0, 1.0]
+    assert [g["lr_scale"] for g in param_groups(model, TrainConfig())] == [1.0, 1.0]
 
 
 def one_step(run_dir, micro: int) -> tuple[float, list[torch.Tensor], Trainer]:

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 import specmae
+from conftest import written_before
 from specmae.audio import synth
 from specmae.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
 from specmae.config import FinetuneConfig, RunConfig
@@ -134,7 +135,7 @@ def test_layer_decay_gives_each_layer_its_learning_rate(tmp_path):
     torch.manual_seed(0)
     model = Classifier(tiny_encoder(), 3, ClassifierConfig())
     decay, depth = 0.75, 2
-    groups = param_groups(model, 0.05, partial(layer_scale, depth=depth, decay=decay))
+    groups = param_groups(model, ft_config().train, partial(layer_scale, depth=depth, decay=decay))
     cfg = ft_config().train
     trainer = Trainer(model, groups, cfg, Dist(), steps_per_epoch=4, run_dir=tmp_path, progress=False)
     trainer.step = trainer.warmup_steps  # at the peak
@@ -304,6 +305,7 @@ def test_resume_continues_exactly(tmp_path):
         ("epoch", 0), (None, 2), ("validation", 2), ("epoch", 2), (None, 4), ("validation", 4),
         ("epoch", 4), (None, 6), ("validation", 6)]
     assert [(r.get("event"), r["step"]) for r in logged(tmp_path / "cut")][-2:] == [("epoch", 4), (None, 5)]
+    written_before(tmp_path / "cut", "decay_tokens")  # a run started before the field resumes as it was
     resumed = finetune(cfg, ckpt, task, tmp_path / "cut", resume=True, progress=False)
     assert resumed["folds"][0]["test"] == full["folds"][0]["test"]
     a, b = load(tmp_path / "full"), load(tmp_path / "cut")

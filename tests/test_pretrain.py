@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import written_before
 from specmae.checkpoint import load_checkpoint, load_train_state
 from specmae.training.engine import lr_at, param_groups
+from specmae.cli import build_parser, pretrain_config
+from specmae.config import FinetuneConfig
+from specmae.schema import ConfigError
 from specmae.training.pretrain import RunConfig, pretrain
 from specmae.model.mae import MaskedAutoencoder
 from specmae.model.presets import model_config
@@ -39,14 +43,22 @@ def test_lr_schedule_warmup_then_cosine():
     assert lrs[55] == pytest.approx(0.5) and lrs[100] == pytest.approx(0.0, abs=1e-12)
 
 
-def test_weight_decay_groups():
-    model = MaskedAutoencoder(tiny_run().model)
-    decay, no_decay = param_groups(model, 0.05)
+def test_weight_decay_groups_follow_the_recipe():
+    """Pre-training decays the tokens as the official code does; fine-tuning leaves them out."""
+    cfg = tiny_run()
+    assert cfg.train.decay_tokens and not FinetuneConfig().train.decay_tokens
+    model = MaskedAutoencoder(cfg.model)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert all(p.ndim == 2 or p.ndim == 4 for p in decay["params"])
-    skipped = {names[id(p)] for p in no_decay["params"]}
-    assert {"encoder.cls_token", "mask_token", "encoder.norm.bias", "encoder.blocks.0.attn.q_bias"} <= skipped
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    for decay_tokens in (True, False):
+        cfg.train.decay_tokens = decay_tokens
+        decay, no_decay = param_groups(model, cfg.train)
+        assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+        decayed, skipped = ({names[id(p)] for p in g["params"]} for g in (decay, no_decay))
+        tokens = {"encoder.cls_token", "mask_token"}
+        assert {"encoder.norm.bias", "encoder.blocks.0.attn.q_bias", "encoder.patch_embed.proj.bias"} <= skipped
+        assert tokens <= (decayed if decay_tokens else skipped)
+        assert {n for n in decayed if model.get_parameter(n).ndim < 2} == set()
+        assert decayed - tokens == {n for n, p in model.named_parameters() if p.ndim >= 2} - tokens
 
 
 def test_bf16_run_learns_and_keeps_fp32_weights(tmp_path):
@@ -148,6 +160,24 @@ def test_a_run_is_never_trained_over_without_resume_or_overwrite(tmp_path):
     with pytest.raises(ValueError, match="model.encoder.depth: 2 in the run, 3 now"):
         pretrain(changed, tmp_path / "run", resume=True, progress=False)
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+def test_a_run_written_before_decay_tokens_resumes_under_its_own_rule(tmp_path):
+    """Runs started before `train.decay_tokens` existed left the tokens undecayed: their configs
+    read it as false, `specmae pretrain --resume` continues them exactly, and a config asking for
+    the new pre-training default is refused."""
+    old = tiny_run(epochs=1, decay_tokens=False)
+    full = pretrain(old, tmp_path / "full", progress=False)
+    pretrain(old, tmp_path / "cut", progress=False, max_steps=4)
+    written_before(tmp_path / "cut", "decay_tokens")
+    with pytest.raises(ConfigError, match="train.decay_tokens: False in the run, True now"):
+        pretrain(tiny_run(epochs=1), tmp_path / "cut", resume=True, progress=False)
+    cfg = pretrain_config(build_parser().parse_args(["pretrain", "--out", str(tmp_path / "cut"), "--resume"]))
+    assert cfg.train.decay_tokens is False
+    resumed = pretrain(cfg, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.step == full.step
+    for name, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], value), name
 
 
 def _cli(*args):

@@ -49,6 +49,10 @@ class TrainConfig:
     blr: float = 3e-4               # lr = blr * batch_size / 256
     min_lr: float = 0.0
     weight_decay: float = 0.05
+    # Weight decay on the learnt tokens ([CLS], mask token) too, as the official pre-training
+    # (timm's add_weight_decay without a skip list); false: tokens undecayed, as MAE's fine-tuning.
+    # False when absent: every run written before the field existed kept its tokens undecayed.
+    decay_tokens: bool = False
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = None
     bf16: bool = False
@@ -80,13 +84,19 @@ class TrainConfig:
         return self
 
 
+def pretrain_train() -> TrainConfig:
+    """The pre-training defaults: the official MSM-MAE and MaskSpec optimiser groups, which decay
+    the [CLS] and mask tokens like the weight matrices."""
+    return TrainConfig(decay_tokens=True)
+
+
 @dataclass
 class RunConfig:
     """A pre-training run: what every checkpoint of it stores under model/frontend/masking/train."""
     model: ModelConfig = field(default_factory=ModelConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=pretrain_train)
 
     def validate(self) -> "RunConfig":
         """Check the parts against each other; raise ConfigError naming the fields."""
@@ -106,9 +116,9 @@ class RunConfig:
 
 def finetune_train() -> TrainConfig:
     """MaskSpec's fine-tuning schedule: 80 epochs, 5 of warm-up, blr 1e-3 down to 1e-6, AdamW betas
-    (0.9, 0.999)."""
+    (0.9, 0.999); [CLS] undecayed, as in MAE's and MaskSpec's fine-tuning (`no_weight_decay`)."""
     return TrainConfig(epochs=80, warmup_epochs=5, batch_size=64, blr=1e-3, min_lr=1e-6, betas=(0.9, 0.999),
-                       keep_checkpoints=1)
+                       keep_checkpoints=1, decay_tokens=False)
 
 
 LOSSES = ("auto", "ce", "bce")

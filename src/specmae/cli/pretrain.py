@@ -42,14 +42,17 @@ def pretrain_config(args: argparse.Namespace):
 
 def run_config(run_dir: Path) -> dict:
     """The config of the run in `run_dir` (its config.json, else its latest checkpoint's), or {}.
-    Whatever is unreadable here, pretrain() reports once it has checked the whole run."""
+    Fields the run's file lacks take the values that runs written before them had (as
+    `RunConfig.from_dict` reads them), not today's defaults. Whatever is unreadable here,
+    pretrain() reports once it has checked the whole run."""
     from ..checkpoint import CheckpointError, read
+    from ..config import RunConfig
 
     try:
         stored = json.loads((run_dir / "config.json").read_text())
         if isinstance(stored, dict):
-            return stored
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return RunConfig.from_dict(stored).to_dict()
+    except (OSError, UnicodeDecodeError, ValueError):
         pass
     try:
         return read(run_dir).config.to_dict()

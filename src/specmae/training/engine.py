@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -88,22 +89,33 @@ def split_batch(train: TrainConfig, world: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float,
+def param_groups(model: torch.nn.Module, train: TrainConfig,
                  lr_scale: Callable[[str], float] | None = None) -> list[dict]:
-    """AdamW groups: no decay on biases, norms and tokens (every parameter with < 2 dims or a token).
+    """AdamW groups: `train.weight_decay` on every parameter but those with fewer than 2 dims
+    (biases, norms, q/v biases) and, unless `train.decay_tokens`, the learnt tokens (`*_token`).
 
-    `lr_scale(name)` multiplies parameter `name`'s learning rate (layer-wise decay when
-    fine-tuning): one decay and one no-decay group per scale, in order of first appearance, each
-    carrying its `lr_scale` for the Trainer. Without it: [decay, no-decay], both at scale 1.
+    With `decay_tokens` this is the official pre-training's rule (timm's `add_weight_decay`
+    without a skip list: the (1, 1, D) tokens are decayed); without, MAE's fine-tuning rule
+    (`no_weight_decay`: [CLS] undecayed). `lr_scale(name)` multiplies parameter `name`'s
+    learning rate (layer-wise decay when fine-tuning): one decay and one no-decay group per
+    scale, in order of first appearance, each carrying its `lr_scale` for the Trainer. Without
+    it: [decay, no-decay], both at scale 1.
     """
     by_scale: dict[float, tuple[list, list]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         scale = 1.0 if lr_scale is None else float(lr_scale(name))
-        by_scale.setdefault(scale, ([], []))[p.ndim < 2 or name.endswith("_token")].append(p)
-    return [dict(params=params, weight_decay=decay, lr_scale=scale)
-            for scale, pair in by_scale.items() for params, decay in zip(pair, (weight_decay, 0.0)) if params]
+        undecayed = p.ndim < 2 or (not train.decay_tokens and name.endswith("_token"))
+        by_scale.setdefault(scale, ([], []))[undecayed].append(p)
+    return [dict(params=params, weight_decay=decay, lr_scale=scale) for scale, pair in by_scale.items()
+            for params, decay in zip(pair, (train.weight_decay, 0.0)) if params]
+
+
+def micro_seed(seed: int, rank: int, step: int, micro_step: int) -> int:
+    """The seed of a micro-batch's randomness (masks, augmentations): drawn from these alone, a
+    resumed run draws the same without saving RNG state."""
+    return int(np.random.SeedSequence([seed, rank, step, micro_step]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float = 0.0) -> float:

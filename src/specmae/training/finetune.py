@@ -38,7 +38,7 @@ from ..files import atomic_write_text
 from ..model.classifier import Classifier
 from .augment import mixup, random_gain, spec_augment
 from .clips import ClipBatches, balanced_weights, crop_samples, one_hot_targets
-from .engine import Dist, Trainer, param_groups, split_batch
+from .engine import Dist, Trainer, micro_seed, param_groups, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ def layer_scale(name: str, depth: int, decay: float) -> float:
     else:
         layer = depth + 1
     return decay ** (depth + 1 - layer)
-
-
-def micro_seed(seed: int, rank: int, step: int, micro_step: int) -> int:
-    return int(np.random.SeedSequence([seed, rank, step, micro_step]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def build_classifier(ck: Checkpoint, n_classes: int, cfg: FinetuneConfig) -> Classifier:
@@ -112,7 +108,7 @@ class FoldTrainer:
         steps_per_epoch = len(self.epoch_data(0)) // accum
         self.model = build_classifier(ck, C, cfg).to(env.device)
         depth = self.model.encoder.cfg.depth
-        groups = param_groups(self.model, train.weight_decay, partial(layer_scale, depth=depth, decay=cfg.layer_decay))
+        groups = param_groups(self.model, train, partial(layer_scale, depth=depth, decay=cfg.layer_decay))
         info = FinetuneInfo(list(task.classes), task.kind, task.metric, cfg, task.name, split.name,
                             source=dict(path=str(ck.path), step=ck.step, epoch=ck.epoch))
         meta = {k: v for k, v in ck.to_json().items() if k not in ("step", "epoch", "finetune")}

@@ -73,7 +73,12 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     if (out / "config.json").is_file():
         if not resume:
             raise ConfigError(f"{out}: already holds a fine-tuning run; resume it (--resume) or choose another --out")
-        if json.loads((out / "config.json").read_text()) != run_config:
+        stored = json.loads((out / "config.json").read_text())
+        try:  # read as a FinetuneConfig: a field added since the run started takes the value it had then
+            stored["finetune"] = FinetuneConfig.from_dict(stored.get("finetune")).to_dict()
+        except ConfigError as e:
+            raise ConfigError(f"{out / 'config.json'}: {e}") from e
+        if stored != run_config:
             raise ConfigError(f"{out}: started with another checkpoint, task or config ({out / 'config.json'}); "
                               "resume with the same ones, or choose another --out")
     if env.main:

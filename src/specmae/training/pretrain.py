@@ -18,8 +18,8 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
 
 from ..audio import FrontendConfig, synth
@@ -33,7 +33,7 @@ from ..masking import HINTED, Masker, hint_ratio
 from ..model.mae import MaskedAutoencoder
 from .corpus import Corpus, CropBatches, corpus_from_waves, is_prepared, load_corpus
 from .prepare import prepare_corpus
-from .engine import Dist, Trainer, param_groups, setup, split_batch
+from .engine import Dist, LossFn, Trainer, micro_seed, param_groups, setup, split_batch
 from .runs import Resumable, config_differences, open_run
 from .snapshots import reconstruction_snapshots
 
@@ -122,6 +122,39 @@ def _same_path(a: str | None, b: str | None) -> bool:
         return False
 
 
+# masks(x, step, micro_step) -> ids_shuffle (B, L) for the micro-batch x: (B, 1, F, T), normalised
+MaskFn = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def seeded_masks(masker: Masker, seed: int, rank: int, steps_per_epoch: int, epochs: int,
+                 device: torch.device) -> MaskFn:
+    """The run's masks, drawn by `masker` from (seed, rank, step, micro-step) alone: a resumed run
+    draws the same ones without RNG state. They are drawn in full precision, outside the step's
+    bf16 autocast, as an encoder-guided strategy (sgim) scores patches with the model's own fp32
+    weights."""
+    generator = torch.Generator(device)
+
+    def masks(x: torch.Tensor, step: int, micro_step: int) -> torch.Tensor:
+        generator.manual_seed(micro_seed(seed, rank, step, micro_step))
+        with torch.autocast(device.type, enabled=False):
+            return masker(x, generator, step // steps_per_epoch, epochs)
+    return masks
+
+
+def reconstruction_loss(masks: MaskFn, ratio: float, mean: torch.Tensor, std: torch.Tensor) -> LossFn:
+    """The engine's loss of a pre-training micro-batch: (B, 1, F, T) log-mel crops, normalised with
+    `mean` and `std` (() global or (F, 1) per mel bin, on the model's device) and masked by
+    `masks` -> the mean reconstruction loss on the masked patches.
+
+    `masks` is the one source of masking noise: `seeded_masks` in a run; the golden test gives
+    the noise the official run drew (tests/test_golden_train.py).
+    """
+    def loss(net: torch.nn.Module, x: torch.Tensor, step: int, micro_step: int) -> torch.Tensor:
+        x = (x.to(mean.device, non_blocking=True) - mean) / std
+        return net(x, ratio, ids_shuffle=masks(x, step, micro_step))[0]
+    return loss
+
+
 @dataclass
 class Trained:
     checkpoint: Path            # the run's latest checkpoint directory
@@ -169,24 +202,11 @@ def pretrain(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False,
     model = MaskedAutoencoder(cfg.model).to(env.device)
     meta = dict(model=cfg.model.to_dict(), frontend=cfg.frontend.to_dict(), norm_stats=stats.to_json(),
                 masking=m.to_dict(), train=asdict(train))
-    trainer = Trainer(model, param_groups(model, train.weight_decay), train, env, steps_per_epoch, run_dir,
+    trainer = Trainer(model, param_groups(model, train), train, env, steps_per_epoch, run_dir,
                       meta, resume=start or resume, progress=progress)
-    masker = Masker(m, enc.grid, encoder=model.encoder)
-    mean, std = stats.tensors(env.device)  # () global, or (F, 1) per mel bin
-    generator = torch.Generator(env.device)
-
-    def loss(net: torch.nn.Module, x: torch.Tensor, step: int, micro_step: int) -> torch.Tensor:
-        """x: (B, 1, F, T) log-mel crops -> mean reconstruction loss on the masked patches."""
-        x = (x.to(env.device, non_blocking=True) - mean) / std
-        # Masks depend only on (seed, rank, step, micro-step): resumable without RNG state. They
-        # are drawn in full precision, outside the step's bf16 autocast, as an encoder-guided
-        # strategy (sgim) scores patches with the model's own fp32 weights.
-        generator.manual_seed(int(np.random.SeedSequence(
-            [train.seed, env.rank, step, micro_step]).generate_state(1, np.uint64)[0] >> 1))
-        with torch.autocast(env.device.type, enabled=False):
-            ids_shuffle = masker(x, generator, step // steps_per_epoch, train.epochs)
-        return net(x, m.ratio, ids_shuffle=ids_shuffle)[0]
-
+    masks = seeded_masks(Masker(m, enc.grid, encoder=model.encoder), train.seed, env.rank, steps_per_epoch,
+                         train.epochs, env.device)
+    loss = reconstruction_loss(masks, m.ratio, *stats.tensors(env.device))
     snapshots = reconstruction_snapshots(cfg, corpus, stats, model, run_dir, trainer.logger) if env.main else None
     trainer.fit(epoch_data, loss, max_steps,
                 on_epoch_start=lambda epoch: dict(hint_ratio=hint_ratio(m, epoch, train.epochs)),
