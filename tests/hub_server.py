@@ -6,7 +6,8 @@ It serves model repositories in the Hub's layout and with its headers, on 127.0.
     GET /api/models/{repo}[/revision/{revision}]  {"id", "sha", "siblings": [{"rfilename"}], ...}
 
 and answers like the Hub does when something is wrong: 401 + X-Error-Code RepoNotFound for a
-missing repository or a private one without its token, GatedRepo for a gated one,
+missing repository or a private one without its token, GatedRepo for a gated one, a bare 401
+"Invalid credentials" for a wrong token,
 404 + RevisionNotFound / EntryNotFound (with X-Repo-Commit) for a missing revision or file.
 `faults` makes the next GETs of a file fail: "cut" sends half the body and closes the connection,
 an integer answers with that HTTP status. Every request is recorded in `requests`.
@@ -97,6 +98,9 @@ class FakeHub:
         """-> (repo, sha), or None once an error answer was sent."""
         repo = self.repos.get(repo_id)
         authorised = h.headers.get("Authorization") == f"Bearer {self.token}"
+        if h.headers.get("Authorization") and not authorised:
+            return self._send(h, 401, b"Invalid credentials",
+                              {"X-Error-Message": "Invalid credentials in Authorization header"})
         if repo is None or (repo.private and not authorised):
             return self._send(h, 401, b"Repository not found", {"X-Error-Code": "RepoNotFound"})
         if repo.gated and not authorised:

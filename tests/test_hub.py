@@ -146,7 +146,11 @@ def test_hub_errors_are_one_line_naming_the_repository(hub, tmp_path, monkeypatc
     for bad in ("hf://", "hf://a/b/c", "hf://org/m@"):
         with pytest.raises(CheckpointError, match="expected hf://ORG/NAME"):
             load(bad)
-    monkeypatch.setenv("HF_TOKEN", hub.token)  # huggingface_hub's own token handling
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")  # huggingface_hub's own token handling
+    with pytest.raises(CheckpointError) as e:
+        load("hf://org/private")
+    one_line_error(e, "hf://org/private", "refused the token")
+    monkeypatch.setenv("HF_TOKEN", hub.token)
     assert load("hf://org/private").step == 0 and load("hf://org/gated").step == 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from ..files import atomic_write_text, fsync_dir, umask_mode
+from ..files import atomic_write_text, fsync_dir, is_empty_folder, umask_mode
 from .hub import PREFIX, is_hub_name, parse_name
 from .loader import Checkpoint, load
 from .store import CONFIG, TRAIN_STATE, WEIGHTS, CheckpointError, resolve
@@ -58,8 +58,8 @@ def stage(source: str | os.PathLike, out: str | os.PathLike, repo: str, *, revis
         card = model_card(ck, repo, revision=revision, run=run, license=license, base_model=base_model,
                           reports=[_read_report(r) for r in reports], figures=[f.name for f in figures])
         atomic_write_text(tmp / "README.md", card)
-        if out.is_dir():
-            out.rmdir()  # the caller checked that it is empty
+        if is_empty_folder(out):  # anything else there makes the rename fail: nothing is written over
+            shutil.rmtree(out)
         os.replace(tmp, out)
         fsync_dir(out.parent)
     except BaseException:

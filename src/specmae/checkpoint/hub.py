@@ -86,7 +86,8 @@ def fetch(name: str) -> Path:
 
 def _explain(hub, error: Exception, name: str, repo: str, revision: str | None) -> str:
     """One line for a failed download, naming the repository and what to do."""
-    errors = hub.errors
+    from huggingface_hub import constants, errors
+
     if isinstance(error, errors.GatedRepoError):
         return (f"{name}: a gated repository; ask for access on its page (https://huggingface.co/{repo}), then log "
                 "in (hf auth login, or set HF_TOKEN)")
@@ -96,13 +97,13 @@ def _explain(hub, error: Exception, name: str, repo: str, revision: str | None) 
     if isinstance(error, errors.RevisionNotFoundError):
         return f"{name}: {repo} has no revision {revision!r} (a branch, tag or commit)"
     if isinstance(error, errors.LocalEntryNotFoundError):
-        if hub.constants.HF_HUB_OFFLINE:
-            return (f"{name}: offline (HF_HUB_OFFLINE=1) and not in the cache ({hub.constants.HF_HUB_CACHE}); "
+        if constants.HF_HUB_OFFLINE:
+            return (f"{name}: offline (HF_HUB_OFFLINE=1) and not in the cache ({constants.HF_HUB_CACHE}); "
                     "download it once online")
         cause = error.__cause__ or error.__context__
         why = f": {type(cause).__name__} {' '.join(str(cause).split())[:120]}" if cause is not None else ""
-        return (f"{name}: the Hub did not answer ({hub.constants.ENDPOINT}{why}) and the checkpoint is not in the "
-                f"cache ({hub.constants.HF_HUB_CACHE}); run again when it does")
+        return (f"{name}: the Hub did not answer ({constants.ENDPOINT}{why}) and the checkpoint is not in the "
+                f"cache ({constants.HF_HUB_CACHE}); run again when it does")
     if isinstance(error, errors.EntryNotFoundError):
         return (f"{name}: not a specmae checkpoint (expected {CONFIG} and {WEIGHTS}); "
                 f"it holds {_holdings(hub, repo, revision)}")
