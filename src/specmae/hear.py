@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .audio import FrontendConfig
 from .audio.normalize import NormStats
+from .checkpoint.hub import is_hub_name
 from .features import EMBED_OPTIONS, Embedder, load
 from .model.mae import build_mae
 from .model.presets import model_config
@@ -80,7 +81,8 @@ class HearModel(nn.Module):
 
 
 def load_model(model_file_path: str = "", **options) -> HearModel:
-    """A specmae checkpoint or run folder, or an official MSM-MAE/M2D .pth (converted in memory).
+    """A specmae checkpoint or run folder, a `hf://ORG/NAME[@REVISION]` name, or an official
+    MSM-MAE/M2D .pth (converted in memory).
 
     options: the Embedder's (layers, layer_mode, normalization, precision, chunks_per_call,
     compile); timestamps 'centre' | 'official'; device; for .pth files the import options
@@ -101,7 +103,7 @@ def load_model(model_file_path: str = "", **options) -> HearModel:
         encoder = build_mae(model_config(preset, size), seed).encoder
         embedder = Embedder(encoder, FrontendConfig(), NormStats((-7.1,), (4.2,)), **embed_options)
     else:
-        if not Path(model_file_path).exists():
+        if not is_hub_name(model_file_path) and not Path(model_file_path).exists():
             raise FileNotFoundError(f"{model_file_path}: no such checkpoint")
         embedder = load(model_file_path, device, **options)
     return HearModel(embedder, timestamps).to(device)

@@ -3,6 +3,8 @@
     store.py     save / resolve / read specmae checkpoints (safetensors + config.json), atomically
     loader.py    every consumer's one way in: a checkpoint or official file -> typed config + model
     official.py  official MSM-MAE and M2D .pth files mapped onto specmae's model
+    hub.py       hf://ORG/NAME[@REVISION] names through huggingface_hub's cache; the upload of `push`
+    card.py      what `specmae push` uploads: the checkpoint, the run's figures, a model card
 """
 
 from .loader import Checkpoint, load, read

@@ -72,7 +72,12 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, or a run folder (its latest checkpoint), -> checkpoint directory."""
+    """A checkpoint directory, a run folder (its latest checkpoint), or a `hf://ORG/NAME[@REVISION]`
+    name (downloaded into huggingface_hub's cache: hub.py) -> checkpoint directory."""
+    from .hub import fetch, is_hub_name
+
+    if is_hub_name(path):
+        return fetch(path)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
@@ -109,11 +114,21 @@ def read_config(path: str | os.PathLike) -> dict:
         config = json.loads((path / CONFIG).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path / CONFIG}: unreadable checkpoint config ({e})") from e
+    return check_config(config, path / CONFIG)
+
+
+def check_config(config, where: str | os.PathLike) -> dict:
+    """A config.json's content, checked to be a specmae checkpoint's of a version this specmae reads."""
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path / CONFIG}: not a specmae checkpoint config (a JSON {type(config).__name__}, "
+        raise CheckpointError(f"{where}: not a specmae checkpoint config (a JSON {type(config).__name__}, "
                               "expected an object)")
     if config.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG}: not a specmae checkpoint config (format={config.get('format')!r})")
+        kind = f", model_type={config['model_type']!r}" if "model_type" in config else ""
+        raise CheckpointError(f"{where}: not a specmae checkpoint config (format={config.get('format')!r}{kind})")
+    version = config.get("version", VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise CheckpointError(f"{where}: a specmae checkpoint of version {version!r}; this specmae reads versions "
+                              f"1 to {VERSION} (a newer specmae wrote it: upgrade)")
     return config
 
 

@@ -4,6 +4,7 @@
     models.py    specmae embed, convert, export
     tasks.py     specmae evaluate, finetune, predict
     visualize.py specmae visualize
+    hub.py       specmae push
 
 `main` maps every expected error (config, audio, checkpoint, task, I/O, a lost distributed peer)
 to one line on stderr and exit status 2; `--debug` shows the traceback instead.
@@ -17,7 +18,7 @@ import os
 import sys
 
 from ..allocator import retain_freed_memory
-from . import models, pretrain, tasks, visualize
+from . import hub, models, pretrain, tasks, visualize
 from .pretrain import pretrain_config
 
 __all__ = ["EXPECTED_ERRORS", "UserError", "build_parser", "main", "pretrain_config"]
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (pretrain, models, tasks, visualize):
+    for module in (pretrain, models, tasks, visualize, hub):
         module.add_parsers(sub)
     return parser
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from ..audio import FrontendConfig
 from ..audio.normalize import NormStats
+from ..checkpoint.hub import reference
 from ..checkpoint.loader import Checkpoint
 from ..files import atomic_write_text, write_tsv
 from ..model.classifier import Classifier
@@ -162,7 +163,7 @@ def predict_files(model: Predictor, inputs: list[str | Path], out: str | Path, *
         raise ValueError(f"top_k {top_k}: expected a positive number of labels")
     top_k = min(top_k, len(model.labels))
     meta_path = out.with_name(out.name + ".json")
-    meta = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else "", "labels": model.labels,
+    meta = {"checkpoint": reference(checkpoint) if checkpoint else "", "labels": model.labels,
             "kind": model.kind, "top_k": top_k, "window_frames": model.window_frames,
             "aggregation": "mean of window probabilities weighted by real frames"}
     if meta_path.is_file() and not overwrite and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..checkpoint import load
+from ..checkpoint.hub import reference
 from ..config import FinetuneConfig
 from ..evaluation.embedders import AudioStore
 from ..evaluation.report import (cell, chance, mean_std, notes, plot_confusion, plot_curves, table, task_summary,
@@ -69,7 +70,7 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     store = AudioStore()
     store.check([task], rate)  # every clip decodes, or one error listing the bad ones
     out = Path(out)
-    run_config = dict(source=str(Path(source).resolve()), task=task_summary(task), finetune=cfg.to_dict())
+    run_config = dict(source=reference(source), task=task_summary(task), finetune=cfg.to_dict())
     if (out / "config.json").is_file():
         if not resume:
             raise ConfigError(f"{out}: already holds a fine-tuning run; resume it (--resume) or choose another --out")
