@@ -228,15 +228,15 @@ BAD = {
                        "task.csv")[1], r"nope\.wav|missing|not found|problem"),
     },
     "folder out": {  # an output folder
-        "a file": (lambda w: "notes.txt", r"is a file|already exists \(a file\)"),
-        "a folder of other things": (lambda w: "notes", r"not empty and not|not made by|already exists \(a folder\)"),
+        "a file": (lambda w: "notes.txt", r"is a file|already holds a file"),
+        "a folder of other things": (lambda w: "notes", r"already holds files \("),
         "under a file": (lambda w: "notes.txt/out", r"notes.txt is a file, not a folder"),
     },
     "file out": {  # an output file
         "a folder": (lambda w: "notes", r"is a folder|exists"),
         "under a file": (lambda w: "notes.txt/out.npz", r"notes.txt is a file, not a folder"),
         "an existing file": (lambda w: ((w / "mine.npz").write_bytes(b"precious"), "mine.npz")[1],
-                             r"already exists|not made by|unreadable"),
+                             r"already holds a file|unreadable"),
     },
 }
 
@@ -249,10 +249,10 @@ SLOT_KINDS = {
 
 # An output made before, that the command must not write over: command -> (slot, value, reason).
 EXISTING_OUTPUTS = {
-    "pretrain": ("run_out", "tiny-run", r"already holds a run.*--resume.*--overwrite"),
-    "convert": ("ckpt_out", "tiny-ckpt", r"already exists.*--overwrite"),
+    "pretrain": ("run_out", "tiny-run", r"already holds a run.*--overwrite.*--resume"),
+    "convert": ("ckpt_out", "tiny-ckpt", r"already holds files.*--overwrite"),
     "embed": ("emb_out", "old-emb", r"other settings"),  # made with tiny-ckpt; this case embeds with tiny-run
-    "export": ("file_out", "tiny-ckpt/model.safetensors", r"already exists.*--overwrite"),
+    "export": ("file_out", "tiny-ckpt/model.safetensors", r"already holds a file.*--overwrite"),
 }
 
 # Bad configuration values (pretrain, prepare): extra arguments -> the field or file named.
@@ -308,7 +308,7 @@ def test_bad_input_is_one_line_and_changes_nothing(world, command, slot, make, r
 # ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, names, reason", [
-    (["convert", OFFICIAL, "tiny-ckpt", "--heads", "3", "--decoder-heads", "4"], "tiny-ckpt", "already exists"),
+    (["convert", OFFICIAL, "tiny-ckpt", "--heads", "3", "--decoder-heads", "4"], "tiny-ckpt", "already holds files"),
     (["pretrain", "--out", "tiny-run", *TINY_RUN], "tiny-run", "already holds a run"),
 ])
 def test_a_real_process_refuses_with_status_2_and_one_line(world, argv, names, reason):
@@ -341,9 +341,9 @@ def _only_config(world: Path) -> None:
     *[(lambda w, n=n: _damage_all(w, n), [], "checkpoints", f"no checkpoint can be resumed from.*{re.escape(n)}")
       for n in CHECKPOINT_FILES],
     (None, ["--set", "model.encoder.depth=3", "--epochs", "2"], "tiny-run",
-     r"another configuration.*model.encoder.depth: 2 in the run, 3 now; train.epochs: 1 in the run, 2 now"),
-    (None, ["--seed", "7"], "tiny-run", r"train.seed: 0 in the run, 7 now"),
-    (None, ["--masking", "dwm"], "tiny-run", r"masking.strategy: 'random' in the run, 'dwm' now"),
+     r"other settings.*model.encoder.depth: 2 then, 3 now; train.epochs: 1 then, 2 now"),
+    (None, ["--seed", "7"], "tiny-run", r"train.seed: 0 then, 7 now"),
+    (None, ["--masking", "dwm"], "tiny-run", r"masking.strategy: 'random' then, 'dwm' now"),
     (None, ["--overwrite"], "tiny-run", r"give one of them"),
     (_only_config, [], "config.json", r"unreadable run config.*no checkpoint"),
     (lambda w: (w / "tiny-run/checkpoints/latest").write_bytes(b"\xff\xfe"), ["--set", "train.blr=1"],
@@ -434,7 +434,7 @@ def test_embed_records_the_checkpoint_it_resolved_to_and_refuses_a_newer_one(wor
     pointer.write_text("step-00000006\n")  # the run trained further
     before = snapshot(world)
     code, _, err = run_cli(argv)
-    assert_user_error(code, err, "embed", "emb", r"other settings: checkpoint .*step-00000003 \(step 3\) then, "
+    assert_user_error(code, err, "embed", "emb", r"other settings: checkpoint: .*step-00000003 \(step 3\) then, "
                                                   r".*step-00000006 \(step 6\) now")
     assert snapshot(world) == before
 
@@ -457,11 +457,11 @@ def test_embed_of_a_copied_checkpoint_is_the_same_model(world):
     data[-1] ^= 1  # one bit of one weight
     weights.write_bytes(bytes(data))
     code, _, err = run_cli(["embed", world / "copy-ckpt", world / "audio", "--table", world / "t.csv", "--quiet"])
-    assert_user_error(code, err, "embed", "t.csv", r"other settings: checkpoint .*copy-ckpt")
+    assert_user_error(code, err, "embed", "t.csv", r"other settings: checkpoint: .*copy-ckpt")
 
 
 def test_error_tables_survive_tabs_and_newlines_in_file_names(world):
-    from specmae.features.embed import read_errors
+    from specmae.outputs import read_errors
 
     names = ["tab\there.wav", "new\nline.wav", "back\\slash\\t.wav", "cr\rx.wav"]
     for name in names:

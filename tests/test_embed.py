@@ -6,7 +6,8 @@ import soundfile as sf
 
 from specmae.audio import load_audio
 from specmae.cli import main
-from specmae.features.embed import embed_files, find_audio
+from specmae.features.embed import embed_files
+from specmae.features.jobs import find_inputs as find_audio
 from specmae.features import load
 from test_features import tiny_checkpoint
 

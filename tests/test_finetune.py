@@ -21,6 +21,7 @@ from specmae.audio import synth
 from specmae.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
 from specmae.config import FinetuneConfig, RunConfig
 from specmae.evaluation.tasks import Task, TaskError
+from specmae.files import OutputError
 from specmae.features.predict import Predictor
 from specmae.model.classifier import Classifier, ClassifierConfig
 from specmae.model.mae import build_mae
@@ -313,9 +314,9 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(b.model.state_dict()[name], value), name
     # the resumed run re-enters epoch 2 without logging its start again
     assert logged(tmp_path / "cut") == logged(tmp_path / "full")
-    with pytest.raises(ConfigError, match="started with another checkpoint, task or config"):
+    with pytest.raises(ConfigError, match=r"--resume with other settings.*finetune.train.epochs: 3 then, 4 now"):
         finetune(ft_config(train=dict(epochs=4)), ckpt, task, tmp_path / "cut", resume=True, progress=False)
-    with pytest.raises(ConfigError, match="already holds a fine-tuning run; resume it"):
+    with pytest.raises(OutputError, match=r"already holds a fine-tuning run \(finished folds: model\).*--resume"):
         finetune(cfg, ckpt, task, tmp_path / "full", progress=False)
 
 

@@ -157,7 +157,7 @@ def test_a_run_is_never_trained_over_without_resume_or_overwrite(tmp_path):
         pretrain(tiny_run(), tmp_path / "run", progress=False)
     changed = tiny_run()
     changed.model.encoder.depth = 3
-    with pytest.raises(ValueError, match="model.encoder.depth: 2 in the run, 3 now"):
+    with pytest.raises(ValueError, match="model.encoder.depth: 2 then, 3 now"):
         pretrain(changed, tmp_path / "run", resume=True, progress=False)
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
 

@@ -270,7 +270,7 @@ def test_command_writes_the_page_and_reports_bad_inputs(ckpt, tmp_path, capsys):
         assert (tmp_path / "v" / link).is_file()
 
     code, out, err = run_cli(capsys, ckpt, good, "--out", tmp_path / "v", *fast)
-    assert code == 2 and "not empty" in err and "--overwrite" in err
+    assert code == 2 and "already holds files" in err and "--overwrite" in err
 
     for bad, words in [(short, "fewer than one 16-frame patch"), (broken, "cannot decode audio")]:
         code, out, err = run_cli(capsys, ckpt, bad, "--out", tmp_path / f"{bad.stem}-out", *fast)

@@ -4,9 +4,8 @@ Every file specmae writes (checkpoints, pointers, logs rewritten on resume, embe
 reports, figures) goes through here: it is written under a temporary name in the same folder,
 fsynced and renamed, so a reader or a crash sees either the old file or the whole new one.
 
-A command refuses an output path that already holds something it did not make (an
-`OutputError`, before any work); with `--overwrite` the old output is moved aside
-(`move_aside`), never deleted.
+How a command claims its output, refuses an existing one (an `OutputError`, before any work) and
+moves it aside on `--overwrite` (`move_aside`, never deleting) is outputs.py's, built on these.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import logging
 import os
 import pickle
 import re
@@ -20,10 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..files import OutputError, check_output, is_empty_folder, move_aside
+from ..outputs import claim
 from .store import CheckpointError, save_checkpoint
-
-log = logging.getLogger(__name__)
 
 ENCODER_KEYS = ("cls_token", "patch_embed.", "blocks.", "norm.")
 FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
@@ -262,16 +259,11 @@ def convert_official(src: str | os.PathLike, dst: str | os.PathLike, overwrite: 
                      **options) -> tuple[Path, str]:
     """Write official weights `src` as a specmae checkpoint `dst` -> (dst, report). See load_official.
 
-    An existing `dst` (but an empty folder) is refused before any work; with `overwrite` it is
-    moved aside to `<dst>.old-<YYYYmmdd-HHMMSS>` once the conversion has succeeded, never deleted.
+    An existing `dst` (but an empty folder) is refused before any work (outputs.claim); with
+    `overwrite` it is moved aside to `<dst>.old-<YYYYmmdd-HHMMSS>` once the conversion has
+    succeeded, never deleted.
     """
-    dst = check_output(dst, "any")
-    taken = os.path.lexists(dst) and not is_empty_folder(dst)
-    if taken and not overwrite:
-        raise OutputError(f"{dst}: already exists ({'a folder' if dst.is_dir() else 'a file'}); choose a new folder "
-                          "for the converted checkpoint, or pass --overwrite to move the existing one aside "
-                          "(nothing is deleted)")
+    claimed = claim(dst, "any", "specmae convert", overwrite=overwrite)
     model, config = load_official(src, **options)
-    if taken:
-        log.warning("moved the existing %s aside to %s (--overwrite)", dst, move_aside(dst))
-    return save_checkpoint(dst, model.state_dict(), config), import_report(config)
+    claimed.take()
+    return save_checkpoint(claimed.path, model.state_dict(), config), import_report(config)

@@ -11,11 +11,12 @@ log = logging.getLogger("specmae")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from ..features.embed import check_target, embed_files, find_audio
     from ..features import load
+    from ..features.embed import check_target, embed_files
+    from ..features.jobs import find_inputs
 
     check_target(args.out, args.table)
-    files = find_audio(args.inputs)
+    files = find_inputs(args.inputs)
     embedder = load(args.checkpoint, args.device, chunks_per_call=args.chunks_per_call, compile=args.compile)
     summary = embed_files(embedder, args.inputs, args.out, args.table, checkpoint=args.checkpoint, files=files,
                           batch_seconds=args.batch_seconds, workers=args.workers, overwrite=args.overwrite,
@@ -47,25 +48,21 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from ..features.export import export
-    from ..files import OutputError, check_output, move_aside
+    from ..outputs import claim
 
-    out = check_output(args.out or Path(args.checkpoint).resolve().name + {
-        "torchscript": ".pt", "exported": ".pt2", "onnx": ".onnx"}[args.format], "file", "exported encoder")
-    if not os.path.lexists(out):
-        path = export(args.checkpoint, out, args.format)
-    elif not args.overwrite:
-        raise OutputError(f"{out}: already exists; choose another --out, or pass --overwrite to move it aside "
-                          "(nothing is deleted)")
-    else:  # the old file is moved aside only once the new one is complete
-        staged = out.with_name(f".{out.stem}.new{out.suffix}")
-        try:
-            export(args.checkpoint, staged, args.format)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
-        log.warning("moved the existing %s aside to %s (--overwrite)", out, move_aside(out))
+    claimed = claim(args.out or Path(args.checkpoint).resolve().name + {
+        "torchscript": ".pt", "exported": ".pt2", "onnx": ".onnx"}[args.format], "file", "specmae export",
+        overwrite=args.overwrite)
+    out = claimed.path
+    # Written beside under another name: an old file is moved aside only once the new one is complete.
+    staged = out.with_name(f".{out.stem}.new{out.suffix}")
+    try:
+        export(args.checkpoint, staged, args.format)
+        claimed.take()
         os.replace(staged, out)
-        path = out
+    finally:
+        staged.unlink(missing_ok=True)
+    path = out
     print(f"exported encoder ({args.format}, input: un-normalised log-mel chunks): {path}")
 
 

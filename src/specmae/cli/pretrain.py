@@ -115,17 +115,18 @@ def report(run_dir: Path, ckpt: Path, builtin: bool) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from ..config import compose_cli, read_config_file
-    from ..files import OutputError, check_output, is_empty_folder
+    from ..files import OutputError
+    from ..outputs import claim
     from ..training.corpus import is_prepared
     from ..training.prepare import prepare_corpus
 
     cfg = compose_cli([read_config_file(args.config)] if args.config else [], {}, args.set)
     if (args.out is None) == (args.out_folder is None):
         raise OutputError("name the corpus folder once: specmae prepare SRC OUT (or SRC --out OUT)")
-    out = check_output(args.out or args.out_folder, "folder", "prepared corpus")
-    if out.is_dir() and not is_empty_folder(out) and not is_prepared(out):
-        raise OutputError(f"{out}: not empty and not a prepared corpus (no manifest.json); choose a new or empty "
-                          "folder")
+    claimed = claim(args.out or args.out_folder, "folder", "specmae prepare", overwrite=args.overwrite, resume=True,
+                    ours=lambda p: ("a prepared corpus", "continued") if is_prepared(p) else None)
+    claimed.take()
+    out = claimed.path
     frames = args.frames or cfg.model.encoder.n_frames
     out = prepare_corpus(args.source, out, cfg.frontend, frames, workers=args.workers,
                          max_seconds=args.max_duration, rebuild=args.rebuild, shard_bytes=args.shard_size,
@@ -188,6 +189,8 @@ def add_parsers(sub) -> None:
                    help="skip (and report) files longer than this; default 3 hours")
     p.add_argument("--rebuild", action="store_true",
                    help="prepare this corpus folder again from scratch (another front-end, an older format)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh: an existing OUT is moved aside to <out>.old-<time>, not deleted")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="decoding processes (default: one per CPU); 0 decodes in this process")
     p.add_argument("--shard-size", type=byte_size, metavar="SIZE", help="bytes of frames per shard of a new "

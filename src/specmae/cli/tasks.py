@@ -9,18 +9,20 @@ from pathlib import Path
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ..evaluation.evaluate import run_evaluate_command
-    from ..files import OutputError, check_output, is_empty_folder
+    from ..outputs import claim
 
     # A re-run into an evaluation folder reuses its embedding cache and replaces its report; a
     # folder holding anything else is not written into.
     for tokens in args.task:
         if not os.path.lexists(tokens[0]):
             raise FileNotFoundError(f"--task {tokens[0]}: no such file or folder")
-    out = check_output(args.out, "folder", "evaluation report")
-    if out.is_dir() and not is_empty_folder(out) and not any((out / n).exists() for n in ("report.json", "cache")):
-        raise OutputError(f"{out}: not empty and not the output of specmae evaluate (no report.json or cache/); "
-                          "choose a new or empty folder")
+    claim(args.out, "folder", "specmae evaluate", overwrite=args.overwrite, resume=True, ours=_evaluation).take()
     run_evaluate_command(args)
+
+
+def _evaluation(out: Path) -> tuple[str, str] | None:
+    held = [n for n in ("report.json", "cache") if (out / n).exists()]
+    return ("an evaluation", f"{' and '.join(held)}: re-run to reuse its cache") if held else None
 
 
 def finetune_config(args: argparse.Namespace):
@@ -54,7 +56,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         rate = 16000  # official weights: MSM-MAE's rate, as `specmae evaluate` assumes
     path, options = parse_task_spec(args.task)
     task = load_task(path, prefer_rate=rate, **options)
-    report = finetune(cfg, args.checkpoint, task, args.out, resume=args.resume, progress=not args.quiet)
+    report = finetune(cfg, args.checkpoint, task, args.out, resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.quiet)
     if report is not None:
         print(headline(markdown(report)))
         print(f"\nreport: {Path(args.out) / 'report.md'} (+ report.json, curves.png); "
@@ -83,6 +86,8 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("evaluate", help="score checkpoints on labelled tasks with HEAR-style frozen-encoder probes")
     add_evaluate_arguments(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh: an existing --out is moved aside to <out>.old-<time>, not deleted")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("finetune", help="fine-tune a checkpoint's encoder with a classifier head on a labelled "
@@ -110,6 +115,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any fine-tuning field, e.g. layer_decay=0.65 or augment.mixup_alpha=0.2")
     p.add_argument("--resume", action="store_true", help="continue: finished folds are kept, the others resume")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in --out: an existing run there is moved aside to <out>.old-<time>, not deleted")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
 
@@ -122,6 +129,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--batch-seconds", type=float, default=160.0, help="audio per batch, across files")
     p.add_argument("--workers", type=int, default=4, help="decoding threads")
-    p.add_argument("--overwrite", action="store_true", help="predict again files already in the table")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict every file again: an existing table is moved aside to <name>.old-<time>, not deleted")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)

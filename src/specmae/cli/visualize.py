@@ -5,35 +5,28 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 log = logging.getLogger("specmae")
 
 
 def cmd_visualize(args: argparse.Namespace) -> None:
-    from ..audio import AUDIO_EXTENSIONS, AudioError, find_audio_files
+    from ..audio import AudioError
     from ..checkpoint import load
-    from ..files import OutputError, check_output, is_empty_folder, move_aside
+    from ..features.jobs import find_inputs
+    from ..outputs import claim
     from ..visualize import VisualizeOptions, visualize
     from ..visualize.segments import parse_segments
     from .models import exit_on_failures
 
-    out = check_output(args.out, "folder", "visual analysis")
-    if out.is_dir() and not is_empty_folder(out):
-        if not args.overwrite:
-            raise OutputError(f"{out}: not empty; choose another --out, or pass --overwrite to move it aside "
-                              "(nothing is deleted)")
-    files = [path for root in args.audio for path in find_audio_files(root)]
-    if not files:
-        raise ValueError(f"{', '.join(args.audio)}: no audio files found (searched recursively for "
-                         f"{', '.join(AUDIO_EXTENSIONS)})")
+    claimed = claim(args.out, "folder", "specmae visualize", overwrite=args.overwrite)
+    files = [path for path, _ in find_inputs(args.audio)]
     options = VisualizeOptions(seed=args.seed, draws=args.draws, strategies=args.strategies,
                                segments=parse_segments(args.segments), refs=args.ref, patterns=not args.no_patterns,
                                sweep=not args.no_sweep, audio=not args.no_audio,
                                griffin_lim_iters=args.griffin_lim_iters, max_seconds=args.max_duration)
     ck = load(args.checkpoint)
-    if os.path.lexists(out) and not is_empty_folder(out):  # checked above: --overwrite was given
-        log.warning("moved the existing %s aside to %s (--overwrite)", out, move_aside(out))
+    claimed.take()
+    out = claimed.path
     summary = visualize(ck, files, out, options)
     if summary.segments == 0:
         first = summary.failed[0][1] if summary.failed else f"{out}: nothing to draw"

@@ -4,8 +4,9 @@
       --ClipEmbedder: a checkpoint, the same architecture randomly initialised, log-mel stats-->
       clip embeddings (N, D) --EmbeddingCache--> <cache>/<key>.npz
 
-The cache key hashes the model (checkpoint path, config.json content, weights size and mtime,
-embedding options; or the baseline's definition) and the clips (paths, sizes, mtimes).
+The cache key hashes the model (the checkpoint by content: features.jobs.checkpoint_identity,
+the SHA-256 of its config and weights, computed once per process; the embedding options; or the
+baseline's definition) and the clips (paths, sizes, mtimes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .tasks import Task, problems_error
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: checkpoints identified by content
 BASELINES = {"random": "random init", "logmel": "log-mel stats"}
 
 
@@ -119,9 +120,8 @@ def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence
                     ) -> list[ClipEmbedder]:
     """Embedders for each checkpoint, then the baselines built from the first one's config:
     'random' (same architecture, torch.manual_seed(seed) initialisation) and 'logmel'."""
-    from .. import checkpoint as ckpt
     from .. import features
-    from ..checkpoint import official
+    from ..features.jobs import checkpoint_identity
     from ..model.mae import build_mae
 
     options = dict(embed_options or {})
@@ -133,13 +133,8 @@ def model_embedders(models: Mapping[str, str | os.PathLike], baselines: Sequence
     out, first = [], None
     for name, path in models.items():
         emb = features.load(path, device, **options)
-        if official.is_foreign_weights(path):
-            identity = _file_identity(Path(path))
-        else:
-            where = ckpt.resolve(path)
-            identity = {"checkpoint": str(where.resolve()),
-                        "config_sha256": hashlib.sha256((where / ckpt.CONFIG).read_bytes()).hexdigest(),
-                        "weights": _file_identity(where / ckpt.WEIGHTS)}
+        # By content, as embed and predict record it: a copy of the same weights hits the cache.
+        identity = {k: v for k, v in checkpoint_identity(emb).items() if k != "path"}
         out.append(_encoder_embedder(name, emb, {"kind": "checkpoint", **identity, "options": options}))
         first = first or emb.checkpoint
     if "random" in baselines:

@@ -27,24 +27,21 @@ import csv
 import io
 import json
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from ..audio import FrontendConfig
 from ..audio.normalize import NormStats
 from ..checkpoint.hub import reference
 from ..checkpoint.loader import Checkpoint
-from ..files import atomic_write_text, write_tsv
+from ..files import atomic_write_text, check_output
 from ..model.classifier import Classifier
-from .embed import _batches, find_audio, run_batch
+from ..outputs import claim
 from .embedder import CHUNK_TOKENS, PRECISIONS, Embedder
+from .jobs import JobSummary, checkpoint_identity, find_inputs, run_files
 
 log = logging.getLogger(__name__)
 
@@ -130,74 +127,54 @@ def from_checkpoint(ck: Checkpoint, **options) -> Predictor:
 # --- the `specmae predict` batch job ---------------------------------------------------------
 
 
-@dataclass
-class PredictSummary:
-    predicted: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-    seconds_of_audio: float = 0.0
-
-
-def _predict_batch(model: Predictor, batch: list[tuple[str, np.ndarray]], summary: PredictSummary,
-                   precision: str) -> list[tuple[str, Tensor]]:
-    """-> [(name, probabilities (C,))] of the clips that can be read."""
-    return run_batch(lambda names, waves: model.predict(waves, model.sample_rate, names=names, precision=precision),
-                     batch, summary.failed)
+PredictSummary = JobSummary
 
 
 def predict_files(model: Predictor, inputs: list[str | Path], out: str | Path, *, checkpoint: str = "",
                   top_k: int = 5, batch_seconds: float = 160.0, workers: int = 4, precision: str = "fp32",
-                  overwrite: bool = False, progress: bool = True, save_every: float = 60.0) -> PredictSummary:
+                  overwrite: bool = False, progress: bool = True, save_every: float = 60.0) -> JobSummary:
     """Write the top-k labels and probabilities of every audio file of `inputs` to the CSV `out`.
 
-    One row per file: path, label_1, score_1, ..., label_k, score_k (best first). Resumable: files
-    already in `out` are skipped; the table is rewritten atomically every `save_every` seconds and
-    at the end (also on interruption). Files that cannot be read are listed in <out>.errors.tsv
-    (escaped as embed's errors.tsv: files.tsv_line) and the job goes on; `<out>.json` records the
-    checkpoint, and a re-run with another is refused.
+    One row per file: path, label_1, score_1, ..., label_k, score_k (best first). The batch job
+    (features/jobs.py) is embed's: resumable (files already in `out` are skipped; the table is
+    rewritten atomically every `save_every` seconds and at the end, also on interruption), files
+    that cannot be read listed in <out>.errors.tsv. `<out>.json` records the checkpoint by content
+    and the settings: a re-run with others is refused (outputs.claim), or with `overwrite` the old
+    table is moved aside (never deleted) and every file predicted again.
     """
-    out = Path(out)
+    out = check_output(out, "file", "predictions (--out)")
     if out.suffix != ".csv":
         raise ValueError(f"--out {out}: expected a .csv file name")
     if top_k < 1:
         raise ValueError(f"top_k {top_k}: expected a positive number of labels")
     top_k = min(top_k, len(model.labels))
-    meta_path = out.with_name(out.name + ".json")
-    meta = {"checkpoint": reference(checkpoint) if checkpoint else "", "labels": model.labels,
+    meta_path, errors = out.with_name(out.name + ".json"), out.with_name(out.name + ".errors.tsv")
+    meta = {"checkpoint": checkpoint_identity(model, checkpoint), "labels": model.labels,
             "kind": model.kind, "top_k": top_k, "window_frames": model.window_frames,
             "aggregation": "mean of window probabilities weighted by real frames"}
-    if meta_path.is_file() and not overwrite and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
-        raise ValueError(f"{out} holds predictions made with other settings ({meta_path}); "
-                         "choose another output or pass overwrite")
+    meta = json.loads(json.dumps(meta))
     model._options(None, None, None, precision)
-    files = find_audio(inputs)
-    rows: dict[str, list[str]] = {} if overwrite or not out.is_file() else _read_rows(out)
-    todo = [(p, n) for p, n in files if n not in rows]
-    summary = PredictSummary(skipped=len(files) - len(todo))
-    atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="predict")
-    last_save = time.monotonic()
-    try:
-        for batch in _batches(todo, model.sample_rate, batch_seconds, workers, summary):
-            lengths = {name: len(wave) for name, wave in batch}
-            for name, probs in _predict_batch(model, batch, summary, precision):
-                scores, idx = probs.float().cpu().topk(top_k)
-                rows[name] = [v for i, s in zip(idx.tolist(), scores.tolist()) for v in (model.labels[i], f"{s:.6f}")]
-                summary.predicted += 1
-                summary.seconds_of_audio += lengths[name] / model.sample_rate
-            bar.update(summary.predicted + len(summary.failed) - bar.n)
-            if time.monotonic() - last_save > save_every:
-                _write_rows(out, rows, top_k)
-                last_save = time.monotonic()
-    finally:  # also on KeyboardInterrupt: keep what is done
-        bar.close()
-        _write_rows(out, rows, top_k)
-        errors = out.with_name(out.name + ".errors.tsv")
-        if summary.failed:
-            write_tsv(errors, summary.failed)
-        else:
-            errors.unlink(missing_ok=True)  # a report from an earlier run would be stale
-    return summary
+    files = find_inputs(inputs)
+    given = reference(checkpoint) if checkpoint else None
+
+    def by_path(old: dict) -> dict:
+        # Predictions written before checkpoints were recorded by content name the checkpoint by
+        # the path given: the same path continues them.
+        return dict(old, checkpoint=meta["checkpoint"]) if given and old.get("checkpoint") == given else old
+
+    claim(out, "file", "specmae predict", overwrite=overwrite, settings=(meta_path, meta, "predictions"),
+          also=(meta_path, errors), upgrade=by_path).take()
+    rows: dict[str, list[str]] = _read_rows(out) if out.is_file() else {}
+
+    def keep(name: str, probs: Tensor) -> None:
+        scores, idx = probs.float().cpu().topk(top_k)
+        rows[name] = [v for i, s in zip(idx.tolist(), scores.tolist()) for v in (model.labels[i], f"{s:.6f}")]
+
+    return run_files(files, rows.__contains__,
+                     lambda names, waves: model.predict(waves, model.sample_rate, names=names, precision=precision),
+                     keep, sample_rate=model.sample_rate, settings=(meta_path, meta), errors=errors,
+                     save=lambda: _write_rows(out, rows, top_k), batch_seconds=batch_seconds, workers=workers,
+                     progress=progress, save_every=save_every, desc="predict")
 
 
 def _read_rows(path: Path) -> dict[str, list[str]]:

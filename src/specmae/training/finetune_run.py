@@ -37,7 +37,8 @@ from ..evaluation.embedders import AudioStore
 from ..evaluation.report import (cell, chance, mean_std, notes, plot_confusion, plot_curves, table, task_summary,
                                  write_report)
 from ..evaluation.tasks import Split, Task
-from ..files import atomic_write_text
+from ..files import OutputError, atomic_write_text
+from ..outputs import check_resume, claim, read_settings
 from ..schema import ConfigError
 from .engine import setup, split_batch
 from .finetune import FoldResult, FoldTrainer, prepare, read_result
@@ -52,10 +53,17 @@ def fold_folder(task: Task, split: Split) -> str:
 
 
 def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: str | os.PathLike, *,
-             resume: bool = False, progress: bool = True, max_steps: int | None = None) -> dict | None:
+             resume: bool = False, overwrite: bool = False, progress: bool = True,
+             max_steps: int | None = None) -> dict | None:
     """Fine-tune checkpoint `source` on every fold of `task` into `out`; -> the report (rank 0),
     or None on other ranks and when `max_steps` (optimizer steps of the first unfinished fold,
-    the schedule unchanged: how tests interrupt a run) stopped it early."""
+    the schedule unchanged: how tests interrupt a run) stopped it early.
+
+    `out` is claimed as outputs.claim says: a fine-tuning run there is continued with `resume`
+    (its config.json compared field by field with this one's), else refused, or moved aside on
+    `overwrite`, as is any other non-empty folder."""
+    if resume and overwrite:
+        raise OutputError(f"{out}: --resume continues the run there and --overwrite moves it aside; give one of them")
     cfg.validate()
     env = setup(cfg.train)
     ck = load(source)  # the encoder's weights are copied into each fold's classifier
@@ -69,20 +77,19 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     rate = ck.config.frontend.sample_rate
     store = AudioStore()
     store.check([task], rate)  # every clip decodes, or one error listing the bad ones
-    out = Path(out)
     run_config = dict(source=reference(source), task=task_summary(task), finetune=cfg.to_dict())
-    if (out / "config.json").is_file():
-        if not resume:
-            raise ConfigError(f"{out}: already holds a fine-tuning run; resume it (--resume) or choose another --out")
-        stored = json.loads((out / "config.json").read_text())
+    claimed = claim(out, "folder", "specmae finetune", overwrite=overwrite, resume=resume, offer_resume=True,
+                    ours=_describe_run)
+    out = claimed.path
+    if claimed.resumes and (stored := read_settings(out / "config.json")) is not None:
         try:  # read as a FinetuneConfig: a field added since the run started takes the value it had then
             stored["finetune"] = FinetuneConfig.from_dict(stored.get("finetune")).to_dict()
         except ConfigError as e:
             raise ConfigError(f"{out / 'config.json'}: {e}") from e
-        if stored != run_config:
-            raise ConfigError(f"{out}: started with another checkpoint, task or config ({out / 'config.json'}); "
-                              "resume with the same ones, or choose another --out")
+        check_resume(out, out / "config.json", stored, run_config)
+    env.barrier()  # every process has checked before the main one moves anything aside
     if env.main:
+        claimed.take()
         atomic_write_text(out / "config.json", json.dumps(run_config, indent=1))
     clips = partial(store.clips, task, rate)
     results = []
@@ -108,6 +115,14 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     write_report(out, report, markdown(report), report_figures(report))
     atomic_write_text(out / "latest", f"{report['kept']}/checkpoints/best\n")
     return report
+
+
+def _describe_run(out: Path) -> tuple[str, str] | None:
+    """('a fine-tuning run', its finished folds), or None when `out` holds none."""
+    if not (out / "config.json").is_file():
+        return None
+    done = sorted(p.parent.name for p in out.glob("*/result.json"))
+    return "a fine-tuning run", f"finished folds: {', '.join(done)}" if done else "no fold finished yet"
 
 
 def build_report(cfg: FinetuneConfig, source: str, task: Task, splits: list[Split], results: list[FoldResult],

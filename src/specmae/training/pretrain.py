@@ -34,7 +34,8 @@ from ..model.mae import MaskedAutoencoder
 from .corpus import Corpus, CropBatches, corpus_from_waves, is_prepared, load_corpus
 from .prepare import prepare_corpus
 from .engine import Dist, LossFn, Trainer, micro_seed, param_groups, setup, split_batch
-from .runs import Resumable, config_differences, open_run
+from .. import outputs
+from .runs import Resumable, open_run
 from .snapshots import reconstruction_snapshots
 
 # What a resumed run may change: how its steps are computed, not what they compute (the model,
@@ -107,12 +108,7 @@ def check_resume(cfg: RunConfig, run_dir: Path, start: Resumable | None) -> None
     for where, old in references:
         if _same_path(new["train"]["data"], old["train"]["data"]):
             old["train"]["data"] = new["train"]["data"]
-        differ = config_differences(new, old, RESUME_MAY_DIFFER)
-        if differ:
-            more = f"; and {len(differ) - 8} more" if len(differ) > 8 else ""
-            raise ConfigError(f"{run_dir}: --resume with another configuration than the run's ({where}): "
-                              + "; ".join(differ[:8]) + more + ". Resume with the run's own settings (leave out "
-                              "the options that differ), or start a new run in another folder")
+        outputs.check_resume(run_dir, where, old, new, RESUME_MAY_DIFFER)
 
 
 def _same_path(a: str | None, b: str | None) -> bool:

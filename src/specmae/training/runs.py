@@ -5,12 +5,12 @@
                                            checkpoint to resume from
     find_resumable(checkpoints)            the newest checkpoint that loads completely; a damaged
                                            one is skipped with a warning naming it
-    config_differences(new, old)           the fields a resumed run may not change
 
 A folder that already holds a run (config.json, log.jsonl, checkpoints/, a prepared corpus) is
 never trained over by accident: without `resume` it is refused, and `overwrite` renames it to
-`<name>.old-<YYYYmmdd-HHMMSS>` instead of deleting anything. Any other non-empty folder or a file
-is refused the same way. Every recipe (pre-training, fine-tuning) opens its run through here.
+`<name>.old-<YYYYmmdd-HHMMSS>` instead of deleting anything (outputs.claim). Any other non-empty
+folder or a file is refused the same way. Every recipe (pre-training, fine-tuning) opens its run
+through here; outputs.check_resume compares the settings a run is resumed with to its own.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import torch
 
 from ..checkpoint import CONFIG, LATEST, CheckpointError, load_checkpoint, load_train_state, read_config
 from ..checkpoint.store import read_latest
-from ..files import OutputError, check_output, is_empty_folder, move_aside
+from ..files import OutputError
+from ..outputs import claim
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class Resumable:
 
 
 def open_run(run_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False, main: bool = True,
-             check_config: Callable[[dict, Path], None] | None = None) -> Resumable | None:
+             check_config: Callable[[dict, Path], None] | None = None,
+             made_by: str = "specmae pretrain") -> Resumable | None:
     """Check `run_dir` before a run writes anything into it -> the checkpoint to resume from, if any.
 
     missing, or a folder holding no files   a new run (also with `resume`: nothing to resume)
@@ -51,43 +53,31 @@ def open_run(run_dir: str | os.PathLike, resume: bool = False, overwrite: bool =
                                             none yet); otherwise refused, or moved aside on `overwrite`
     a file, another non-empty folder        refused, or moved aside on `overwrite`
 
-    Only the main process (`main`) moves a folder aside; the others just check. `check_config`
-    (config.json content, its path) raises for a checkpoint config the recipe cannot use, which
-    is then skipped like an unreadable one.
+    The claim and its wording are outputs.claim's. Only the main process (`main`) moves a folder
+    aside; the others just check. `check_config` (config.json content, its path) raises for a
+    checkpoint config the recipe cannot use, which is then skipped like an unreadable one.
     """
-    run_dir = check_output(run_dir, "any")
     if resume and overwrite:
         raise OutputError(f"{run_dir}: --resume continues the run there and --overwrite moves it aside; "
                           "give one of them")
-    if not os.path.lexists(run_dir) or is_empty_folder(run_dir):
-        if resume and main:
-            log.info("%s holds no run yet: starting a new one", run_dir)
-        return None
-    markers = [m for m in RUN_MARKERS if os.path.lexists(run_dir / m)] if run_dir.is_dir() else []
-    if resume and markers:
-        return find_resumable(run_dir / "checkpoints", check_config=check_config, report=main)
-    if not overwrite:
-        if not run_dir.is_dir():
-            raise OutputError(f"{run_dir}: is a file, expected a run folder; choose another --out, "
-                              "or pass --overwrite to move the file aside")
-        if markers:
-            raise OutputError(f"{run_dir}: already holds a run ({describe_run(run_dir)}); pass --resume to "
-                              "continue it, or --overwrite to move it aside and start afresh (nothing is deleted)")
-        shown = sorted(p.name for p in run_dir.iterdir())
-        raise OutputError(f"{run_dir}: not empty and not a specmae run (holds {', '.join(shown[:3])}"
-                          f"{', ...' if len(shown) > 3 else ''}); choose an empty or new folder, or pass "
-                          "--overwrite to move it aside")
+    out = claim(run_dir, "any", made_by, overwrite=overwrite, resume=resume, offer_resume=True, ours=describe_run)
+    if out.resumes:
+        return find_resumable(out.path / "checkpoints", check_config=check_config, report=main)
+    if resume and main:
+        log.info("%s holds no run yet: starting a new one", out.path)
     if main:
-        log.warning("moved the existing %s aside to %s (--overwrite)", run_dir, move_aside(run_dir))
+        out.take()
     return None
 
 
-def describe_run(run_dir: Path) -> str:
-    """'checkpoints up to step-00000012', or what else marks `run_dir` as a run."""
+def describe_run(run_dir: Path) -> tuple[str, str] | None:
+    """('a run', 'checkpoints up to step-00000012' or what else marks it), or None when `run_dir`
+    holds no run (see RUN_MARKERS)."""
+    markers = [m for m in RUN_MARKERS if os.path.lexists(run_dir / m)]
+    if not markers:
+        return None
     steps = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir())
-    if steps:
-        return f"checkpoints up to {steps[-1]}"
-    return "no checkpoint yet, but " + ", ".join(m for m in RUN_MARKERS if os.path.lexists(run_dir / m))
+    return "a run", f"checkpoints up to {steps[-1]}" if steps else "no checkpoint yet, but " + ", ".join(markers)
 
 
 def find_resumable(checkpoints: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -133,21 +123,3 @@ def find_resumable(checkpoints: str | os.PathLike, map_location: str | torch.dev
         raise CheckpointError(f"{checkpoints}: no checkpoint can be resumed from ({'; '.join(skipped)}); "
                               "pass --overwrite to move the run aside and start afresh")
     return None
-
-
-def config_differences(new: dict, old: dict, may_differ: tuple[str, ...] = ()) -> list[str]:
-    """The dotted fields whose values differ between two nested config dicts, as
-    'model.encoder.depth: 2 in the run, 3 now'; fields in `may_differ` are left out."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in d.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    a, b = flat(new), flat(old)
-    absent = "(absent)"
-    return [f"{k}: {b.get(k, absent)!r} in the run, {a.get(k, absent)!r} now"
-            for k in sorted(set(a) | set(b)) if k not in may_differ and (k in a, a.get(k)) != (k in b, b.get(k))]
