@@ -170,7 +170,7 @@ def test_a_run_written_before_decay_tokens_resumes_under_its_own_rule(tmp_path):
     full = pretrain(old, tmp_path / "full", progress=False)
     pretrain(old, tmp_path / "cut", progress=False, max_steps=4)
     written_before(tmp_path / "cut", "decay_tokens")
-    with pytest.raises(ConfigError, match="train.decay_tokens: False in the run, True now"):
+    with pytest.raises(ConfigError, match="train.decay_tokens: False then, True now"):
         pretrain(tiny_run(epochs=1), tmp_path / "cut", resume=True, progress=False)
     cfg = pretrain_config(build_parser().parse_args(["pretrain", "--out", str(tmp_path / "cut"), "--resume"]))
     assert cfg.train.decay_tokens is False

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..audio import AUDIO_EXTENSIONS, AudioError, find_audio_files, load_audio
 from ..checkpoint import identity
+from ..checkpoint.hub import is_hub_name, reference
 from ..files import atomic_write_text
 from ..outputs import write_errors
 
@@ -170,14 +171,16 @@ def checkpoint_identity(embedder, checkpoint: str | os.PathLike = "") -> dict:
     model made an output. Hashed once per process for the same files (path, size, mtime)."""
     ck = embedder.checkpoint
     if ck is None:
-        return {"path": str(Path(checkpoint).resolve())} if checkpoint else {}
+        return {"path": reference(checkpoint)} if checkpoint else {}
     if Path(ck.path).is_file():  # official weights converted in memory
         config = json.dumps(ck.to_json(), sort_keys=True).encode()
         return {"path": str(Path(ck.path).resolve()), "config_sha256": hashlib.sha256(config).hexdigest(),
                 "weights_sha256": ck.imported["sha256"], "step": ck.step}
     folder = Path(ck.path).resolve()
     files = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
-    return dict(_identity(folder, files), step=ck.step)
+    found = dict(_identity(folder, files), step=ck.step)
+    # A hub name says where the model came from; its cache folder is an accident of this machine.
+    return dict(found, path=checkpoint) if is_hub_name(checkpoint) else found
 
 
 @functools.lru_cache(maxsize=64)
