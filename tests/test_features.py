@@ -170,22 +170,11 @@ def test_degenerate_audio_gives_finite_embeddings(embedder, name, wave):
     assert torch.isfinite(out.frames).all() and out.frames.shape[0] == num_frames(1 + len(wave) // 160, 16)
 
 
-@pytest.mark.parametrize("wave, message", [
-    (torch.tensor([0.1, float("nan"), 0.2] * 100), "audio\\[0\\]: non-finite"),
-    (torch.tensor([0.1, float("inf")] * 100), "non-finite"),
-    (torch.zeros(0), "empty audio"),
-    (torch.zeros(48000, 2), "looks like \\(samples, channels\\)"),
-    (torch.zeros(2, 3, 100), "expected \\(S,\\) or \\(B, S\\)"),
-    (noise(1) * 1e30, "log-mel is not finite"),
-    (torch.zeros(SR, dtype=torch.int16), "int16 samples")])
-def test_bad_audio_is_a_clear_error(embedder, wave, message):
-    with pytest.raises(ValueError, match=message):
-        embedder.embed(wave, SR)
-
-
-def test_errors_name_the_clip_and_batch_mode_rejects_silence(embedder):
-    with pytest.raises(AudioError, match="song.wav: non-finite"):
-        embedder.embed([noise(1), torch.tensor([float("nan")] * 10)], SR, names=["a.wav", "song.wav"])
+def test_absurd_audio_is_refused_and_batch_mode_rejects_silence(embedder):
+    with pytest.raises(AudioError, match="audio: samples up to 1e\\+30, far beyond full scale"):
+        embedder.embed(noise(1) * 1e30, SR)
+    with pytest.raises(AudioError, match="lms\\[0\\]: log-mel is not finite"):
+        embedder.embed_lms(torch.full((80, 100), float("inf")))
     with pytest.raises(ValueError, match="log-mel is constant"):
         embedder.embed(torch.zeros(2, SR), SR, normalization="batch")
 
