@@ -11,7 +11,7 @@ from conftest import GOLDEN_MODELS, golden_frontend_config, golden_import_option
 from specmae.audio import AudioError, FrontendConfig, resample
 from specmae.checkpoint import save_checkpoint
 from specmae.checkpoint.official import load_official
-from specmae.features.chunking import embed_normalised, frame_features, frame_timestamps, num_frames
+from specmae.features.chunking import embed_normalised, frame_features, frame_timestamps, num_frames, windows
 from specmae.features import Embedder, load
 from specmae.model.mae import MaskedAutoencoder
 from specmae.model.presets import ModelConfig, model_config
@@ -105,6 +105,17 @@ def test_no_chunk_of_pure_padding_is_encoded(n_lms, chunks):
     run = lambda x: (seen.append(x.shape[0]), torch.zeros(x.shape[0], 13, 2))[1]
     out = embed_normalised(run, [torch.randn(80, n_lms)], 208, 16, chunks_per_call=2)
     assert sum(seen) == chunks and max(seen) <= 2 and out[0].shape[0] == num_frames(n_lms, 16)
+
+
+def test_windows_cover_every_clip_once_padded_with_zero():
+    lms = [torch.randn(80, n) for n in (30, 208, 500)]
+    groups = list(windows(lms, 208, 2))
+    assert [x.shape[0] for x, _ in groups] == [2, 2, 1]          # 1 + 1 + 3 windows, at most 2 a call
+    where = [w for _, ws in groups for w in ws]
+    assert where == [(0, 0, 30), (1, 0, 208), (2, 0, 208), (2, 1, 208), (2, 2, 84)]
+    x = torch.cat([x for x, _ in groups])[:, 0]
+    assert torch.equal(torch.cat(list(x[2:]), dim=-1)[:, :500], lms[2]) and not x[4, :, 84:].any()
+    assert torch.equal(x[0, :, :30], lms[0]) and not x[0, :, 30:].any()
 
 
 def test_chunks_per_call_and_layers(embedder):

@@ -154,11 +154,8 @@ def _samples(obj, name: str) -> Tensor:
         dtype = str(arr.dtype)
         x = torch.from_numpy(np.ascontiguousarray(arr, np.float32)) if arr.dtype.kind == "f" else None
     if x is None or not x.is_floating_point():
-        if "complex" in dtype:
-            hint = "real samples"
-        else:
-            hint = "float samples in [-1, 1]"
-            if dtype in PCM_SCALE or "int" in dtype:
-                hint += f" (integer PCM: {PCM_SCALE.get(dtype, 'divide by its full scale, 32768 for 16 bits')})"
+        hint = "real samples" if "complex" in dtype else "float samples in [-1, 1]"
+        if "int" in dtype:
+            hint += f" (integer PCM: {PCM_SCALE.get(dtype, 'divide by its full scale, 32768 for 16 bits')})"
         raise AudioError(f"{name}: {dtype} samples: give {hint}")
     return x
