@@ -7,6 +7,7 @@ import torch
 
 from conftest import GOLDEN_MODELS, golden_import_options, golden_model_config
 from specmae import hear
+from specmae.checkpoint import CheckpointError
 from test_features import tiny_checkpoint
 
 ACCEPTABLE_SAMPLE_RATES = [16000, 22050, 44100, 48000]
@@ -71,7 +72,7 @@ def test_options_change_the_sizes(checkpoints):
     validate(hear, model)
     untrained = hear.load_model("", size="tiny", preset="80x200p16x4")
     assert untrained.scene_embedding_size == 5 * 192
-    with pytest.raises(FileNotFoundError, match="nowhere: no such checkpoint"):
+    with pytest.raises(CheckpointError, match="nowhere: no such checkpoint"):
         hear.load_model("nowhere")
     with pytest.raises(ValueError, match="timestamps"):
         hear.load_model("", size="tiny", timestamps="middle")
@@ -126,7 +127,7 @@ def test_twenty_minutes_in_bounded_encoder_batches(checkpoints):
 
 def test_bad_audio_is_a_clear_error(checkpoints):
     model = hear.load_model(str(checkpoints["80x208p16x16"]))
-    with pytest.raises(ValueError, match="expected a float tensor \\(n_sounds, n_samples\\)"):
+    with pytest.raises(ValueError, match="the HEAR 2021 API takes a float tensor \\(n_sounds, n_samples\\)"):
         hear.get_scene_embeddings(torch.rand(16000), model)
     with pytest.raises(ValueError, match="audio\\[1\\]: non-finite"):
         hear.get_scene_embeddings(torch.tensor([[0.1] * 400, [float("nan")] * 400]), model)

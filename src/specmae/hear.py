@@ -5,6 +5,10 @@
     frames, ts = get_timestamp_embeddings(audio, model)   # (n_sounds, n, D), (n_sounds, n) ms
 
 Both run on the device of `audio` (the model follows it), in eval mode, without gradients.
+The API fixes the input: a float tensor of exactly two dimensions, (n_sounds, n_samples), at
+`model.sample_rate`. Anything else (1-D or 3-D, numpy arrays, lists) is refused, citing that
+contract; nothing is guessed, so (16, 8) is 16 sounds of 8 samples. The samples are then checked
+as every entry point's are (audio/inputs.py): float, finite, non-empty.
 
 Timestamps are span centres (160*i + 75 ms for 16-frame patches). HEAR requires every timestamp
 to lie within the audio, but the last frame may be only partly covered by audio and centred past
@@ -20,14 +24,13 @@ at span starts with step = duration / frames; with `normalization="batch"` its e
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
 
 import torch
 from torch import Tensor, nn
 
-from .audio import FrontendConfig
+from .audio import AudioError, FrontendConfig
 from .audio.normalize import NormStats
-from .checkpoint.hub import is_hub_name
 from .features import EMBED_OPTIONS, Embedder, load
 from .model.mae import build_mae
 from .model.presets import model_config
@@ -35,6 +38,7 @@ from .model.presets import model_config
 log = logging.getLogger(__name__)
 
 TIMESTAMP_MODES = ("centre", "official")
+CONTRACT = "the HEAR 2021 API takes a float tensor (n_sounds, n_samples) at the model's sample_rate"
 
 
 class HearModel(nn.Module):
@@ -73,7 +77,7 @@ class HearModel(nn.Module):
     def frontend(self) -> nn.Module:
         return self.embedder.frontend
 
-    def embed(self, audio, sample_rate: int, **options):
+    def embed(self, audio, sample_rate: int | None = None, **options):
         return self.embedder.embed(audio, sample_rate, **options)
 
     def forward(self, audio: Tensor) -> Tensor:
@@ -88,13 +92,16 @@ def load_model(model_file_path: str = "", **options) -> HearModel:
     compile); timestamps 'centre' | 'official'; device; for .pth files the import options
     (preset, heads, decoder_heads, norm_stats). An empty path builds an untrained model from
     `preset` (default 80x208p16x16), `size` (default base) and `seed` (default 0): only for
-    testing the plumbing.
+    testing the plumbing. A missing or unreadable checkpoint is a CheckpointError naming it.
     """
+    if not isinstance(model_file_path, (str, os.PathLike)):
+        raise TypeError(f"model_file_path {model_file_path!r}: expected the path (str or os.PathLike) of a specmae "
+                        "checkpoint or run folder or an official .pth file, or '' for an untrained model")
     timestamps = options.pop("timestamps", "centre")
     device = options.pop("device", "cpu")
     if timestamps not in TIMESTAMP_MODES:
         raise ValueError(f"timestamps {timestamps!r}: allowed {TIMESTAMP_MODES}")
-    if str(model_file_path) == "":
+    if model_file_path == "":
         preset, size, seed = options.pop("preset", "80x208p16x16"), options.pop("size", "base"), options.pop("seed", 0)
         embed_options = {k: options.pop(k) for k in EMBED_OPTIONS if k in options}
         if options:
@@ -103,17 +110,16 @@ def load_model(model_file_path: str = "", **options) -> HearModel:
         encoder = build_mae(model_config(preset, size), seed).encoder
         embedder = Embedder(encoder, FrontendConfig(), NormStats((-7.1,), (4.2,)), **embed_options)
     else:
-        if not is_hub_name(model_file_path) and not Path(model_file_path).exists():
-            raise FileNotFoundError(f"{model_file_path}: no such checkpoint")
         embedder = load(model_file_path, device, **options)
     return HearModel(embedder, timestamps).to(device)
 
 
 def _check(audio: Tensor, model: HearModel) -> Tensor:
-    if not isinstance(audio, Tensor) or audio.ndim != 2 or not audio.is_floating_point():
-        shape = tuple(audio.shape) if hasattr(audio, "shape") else type(audio).__name__
-        raise ValueError(f"audio {shape}: expected a float tensor (n_sounds, n_samples) at "
-                         f"{model.sample_rate} Hz")
+    """The HEAR contract's shape; the samples themselves are checked by Embedder.embed."""
+    if not isinstance(audio, Tensor) or audio.ndim != 2:
+        shape = f" of shape {tuple(audio.shape)}" if hasattr(audio, "shape") else ""
+        what = "a tensor" if isinstance(audio, Tensor) else f"a {type(audio).__module__}.{type(audio).__name__}"
+        raise AudioError(f"audio: {what}{shape}: {CONTRACT} ({model.sample_rate} Hz)")
     if audio.device != model.device:
         model.to(audio.device)
     return audio

@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..audio.inputs import read_clips
 from .metrics import KINDS, METRICS, score
 
 log = logging.getLogger(__name__)
@@ -122,15 +123,19 @@ class Task:
     def from_arrays(cls, name: str, waves: Sequence[np.ndarray], labels: Sequence, groups: Sequence[str], *,
                     sample_rate: int, classes: Sequence[str] | None = None, kind: str | None = None,
                     metric: str | None = None, folds: bool = False) -> "Task":
-        """An in-memory task: waves (S_i,) float32 at sample_rate; labels: a class name per clip,
-        or a list of names (multi-label); groups: split names or fold names."""
+        """An in-memory task: waves (S_i,) float samples at sample_rate (checked by audio.read_clips,
+        named `clip i`); labels: a class name per clip, or a list of names (multi-label); groups:
+        split names or fold names."""
         labels = [tuple(str(v) for v in l) if isinstance(l, (list, tuple)) else (str(l),) for l in labels]
         kind = kind or ("multilabel" if any(len(l) != 1 for l in labels) else "multiclass")
         classes = [str(c) for c in classes] if classes is not None else _natural(c for l in labels for c in l)
         groups = [str(g) for g in groups] if folds else [SPLIT_NAMES.get(str(g).lower(), str(g)) for g in groups]
-        return cls(name, kind, metric or DEFAULT_METRIC[kind], classes, labels, groups, folds,
-                   [f"clip {i}" for i in range(len(labels))], f"<{name}: in memory>",
-                   waves=[np.asarray(w, np.float32) for w in waves], sample_rate=sample_rate)
+        if len(waves) != len(labels):
+            raise TaskError(f"task {name}: {len(waves)} waves for {len(labels)} labels")
+        refs = [f"clip {i}" for i in range(len(labels))]
+        clips = read_clips(list(waves), sample_rate, sample_rate, names=refs, device="cpu", argument="waves")
+        return cls(name, kind, metric or DEFAULT_METRIC[kind], classes, labels, groups, folds, refs,
+                   f"<{name}: in memory>", waves=[w.numpy() for w in clips.waves], sample_rate=clips.sample_rate)
 
     @functools.cached_property
     def identities(self) -> list | None:

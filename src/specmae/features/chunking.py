@@ -14,7 +14,7 @@ k * hop, so frame i is centred at (i*p_t + (p_t - 1)/2) * hop / sr, i.e. 160*i +
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -75,25 +75,38 @@ def encode_chunks(forward: Callable[..., object], encoder: Encoder, x: Tensor, l
     return sum(picked[1:], picked[0]) / len(picked)
 
 
+def windows(lms: Sequence[Tensor], width: int, per_call: int) -> Iterator[tuple[Tensor, list[tuple[int, int, int]]]]:
+    """Normalised log-mel clips [(F, T_i)] -> their windows of `width` frames, at most `per_call` at a time.
+
+    Window k of clip i holds frames [k*width, (k+1)*width); a clip has ceil(T_i / width) of them,
+    the last padded with 0 (the corpus mean). Yields (x (n, 1, F, width), [(i, k, real frames)]),
+    windows in clip order: the one cutting of long audio for embeddings and predictions.
+    """
+    plan = [(i, k) for i, x in enumerate(lms) for k in range(-(-x.shape[-1] // width))]
+    for start in range(0, len(plan), per_call):
+        group = plan[start:start + per_call]
+        x = lms[0].new_zeros(len(group), 1, lms[0].shape[0], width)
+        where = []
+        for j, (i, k) in enumerate(group):
+            piece = lms[i][:, k * width:(k + 1) * width]
+            x[j, 0, :, :piece.shape[-1]] = piece
+            where.append((i, k, piece.shape[-1]))
+        yield x, where
+
+
 def embed_normalised(run: Callable[[Tensor], Tensor], lms: Sequence[Tensor], width: int, patch_t: int,
                      chunks_per_call: int) -> list[Tensor]:
     """Normalised log-mel clips [(F, T_i)] -> frame features [(ceil(T_i / p_t), D_out)].
 
-    Each clip is cut into ceil(T_i / width) chunks, the last one padded with 0; the chunks of all
-    clips are encoded `chunks_per_call` at a time by run: (n, 1, F, width) -> (n, N_T, D_out).
+    The `windows` of all clips (chunks of `width` frames) are encoded `chunks_per_call` at a time
+    by run: (n, 1, F, width) -> (n, N_T, D_out).
     """
     n_t = width // patch_t
-    plan = [(i, c) for i, x in enumerate(lms) for c in range(-(-x.shape[-1] // width))]
     outs: list[Tensor | None] = [None] * len(lms)
-    for start in range(0, len(plan), chunks_per_call):
-        group = plan[start:start + chunks_per_call]
-        x = lms[0].new_zeros(len(group), 1, lms[0].shape[0], width)
-        for j, (i, c) in enumerate(group):
-            piece = lms[i][:, c * width:(c + 1) * width]
-            x[j, 0, :, :piece.shape[-1]] = piece
+    for x, where in windows(lms, width, chunks_per_call):
         feats = run(x)
-        for j, (i, c) in enumerate(group):
+        for j, (i, k, _) in enumerate(where):
             if outs[i] is None:
                 outs[i] = feats.new_empty(-(-lms[i].shape[-1] // width) * n_t, feats.shape[-1])
-            outs[i][c * n_t:(c + 1) * n_t] = feats[j]
+            outs[i][k * n_t:(k + 1) * n_t] = feats[j]
     return [out[:num_frames(x.shape[-1], patch_t)] for out, x in zip(outs, lms)]

@@ -74,7 +74,7 @@ def embed_files(embedder: Embedder, inputs: list[str | Path], out: str | Path | 
     target, meta_path = check_target(out, table)
     layers = embedder.layers if options.get("layers") is None else \
         resolve_layers(options["layers"], embedder.encoder.cfg.depth)
-    embedder._options(options.get("layers"), options.get("layer_mode"), None, options.get("precision"))
+    embedder.check_options(options.get("layers"), options.get("layer_mode"), None, options.get("precision"))
     files = find_inputs(inputs) if files is None else files
     meta = {"checkpoint": checkpoint_identity(embedder, checkpoint), "sample_rate": embedder.sample_rate,
             "layers": layers, "layer_mode": options.get("layer_mode") or embedder.layer_mode,

@@ -38,11 +38,10 @@ import contextlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..audio import AudioError, FrontendConfig, build_frontend, resample
+from ..audio import AudioError, FrontendConfig, build_frontend, read_clips
 from ..audio.normalize import NormStats
 from ..checkpoint import loader
 from ..checkpoint.loader import Checkpoint
@@ -96,7 +95,7 @@ class Embedder(nn.Module):
         self.layer_mode, self.normalization, self.precision = layer_mode, normalization, precision
         self.chunks_per_call, self.compile = chunks_per_call, compile
         self.checkpoint = checkpoint  # what it was loaded from (typed config, path), if anything
-        self._options(None, None, None, None)
+        self.check_options()
         self._lowp: tuple[tuple, dict] | None = None
         self._compiled: dict[tuple, Callable] = {}
         self.eval()
@@ -120,6 +119,12 @@ class Embedder(nn.Module):
     def frame_hop_ms(self) -> float:
         """Time between frame features: p_t log-mel hops (160 ms for 16-frame patches)."""
         return self.encoder.cfg.patch_t * self.frontend.cfg.hop_length * 1000 / self.sample_rate
+
+    @property
+    def group_size(self) -> int:
+        """Chunks per encoder call: chunks_per_call, by default CHUNK_TOKENS of the device's kind."""
+        tokens = self.encoder.cfg.num_patches + self.encoder.num_prefix
+        return self.chunks_per_call or max(1, CHUNK_TOKENS.get(self.device.type, 8192) // tokens)
 
     def timestamps(self, n: int) -> Tensor:
         cfg = self.frontend.cfg
@@ -166,40 +171,6 @@ class Embedder(nn.Module):
                 return torch.func.functional_call(self.encoder, params, (x,), {"return_layers": layers})
         return forward
 
-    def _clips(self, audio, sample_rate: int, names: Sequence[str] | None) -> tuple[list[Tensor], list[str], str]:
-        """Any accepted input -> (mono float32 clips at the model rate on the device, names, kind)."""
-        if isinstance(audio, (list, tuple)):
-            items, kind = list(audio), "list"
-        else:
-            audio = audio if isinstance(audio, Tensor) else torch.as_tensor(np.asarray(audio))
-            if audio.ndim not in (1, 2):
-                raise ValueError(f"audio of shape {tuple(audio.shape)}: expected (S,) or (B, S) mono samples "
-                                 "(mix channels first), or a list of 1-D clips")
-            if audio.ndim == 2 and audio.shape[1] <= 8 < audio.shape[0]:
-                raise ValueError(f"audio of shape {tuple(audio.shape)} looks like (samples, channels): "
-                                 "mix to mono first (e.g. audio.mean(1)); a batch is (B, S)")
-            items, kind = (list(audio) if audio.ndim == 2 else [audio]), ("batch" if audio.ndim == 2 else "one")
-        names = list(names) if names is not None else [f"audio[{i}]" for i in range(len(items))]
-        if not items:
-            raise ValueError("no audio given")
-        clips = []
-        for item, name in zip(items, names):
-            x = item if isinstance(item, Tensor) else torch.as_tensor(np.asarray(item))
-            if x.ndim != 1:
-                raise AudioError(f"{name}: shape {tuple(x.shape)}, expected mono samples (S,)")
-            if not (x.is_floating_point()):
-                raise AudioError(f"{name}: {x.dtype} samples; give float samples in [-1, 1]")
-            if x.numel() == 0:
-                raise AudioError(f"{name}: empty audio (0 samples)")
-            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
-                raise AudioError(f"{name}: non-finite samples (NaN or inf)")
-            if int(sample_rate) != self.sample_rate:
-                x = torch.from_numpy(resample(x.detach().cpu().float().numpy(), int(sample_rate), self.sample_rate))
-                if x.numel() == 0:
-                    raise AudioError(f"{name}: too short, gives 0 samples at {self.sample_rate} Hz")
-            clips.append(x.to(self.device, torch.float32))
-        return clips, names, kind
-
     def _normalise(self, lms: Tensor | list[Tensor], names: list[str], normalization: str,
                    inplace: bool = False) -> list[Tensor]:
         """Log-mel (B, F, T) or [(F, T_i)] -> normalised [(F, T_i)]; raises naming a non-finite clip.
@@ -221,7 +192,10 @@ class Embedder(nn.Module):
                              f"(silence?), its std is {float(std):.2g} ~ 0; use normalization='stored'")
         return [x.sub_(mean).div_(std) if inplace else (x - mean) / std for x in clips]
 
-    def _options(self, layers, layer_mode, normalization, precision) -> tuple[list[int], str, str, str]:
+    def check_options(self, layers=None, layer_mode=None, normalization=None,
+                      precision=None) -> tuple[list[int], str, str, str]:
+        """Per-call options (None: the embedder's) -> (layers, layer_mode, normalization, precision),
+        checked; ValueError naming the option and what is allowed."""
         chosen = (self.layers if layers is None else resolve_layers(layers, self.encoder.cfg.depth),
                   layer_mode or self.layer_mode, normalization or self.normalization, precision or self.precision)
         for name, value, allowed in [("layer_mode", chosen[1], LAYER_MODES),
@@ -236,15 +210,18 @@ class Embedder(nn.Module):
         return chosen
 
     @torch.no_grad()  # not inference_mode: outputs may feed a trained probe
-    def embed(self, audio, sample_rate: int, *, names: Sequence[str] | None = None,
+    def embed(self, audio, sample_rate: int | None = None, *, names: Sequence[str] | None = None,
               layers: int | Sequence[int] | None = None, layer_mode: str | None = None,
               normalization: str | None = None, precision: str | None = None) -> Embeddings:
-        """audio: (S,) or (B, S) tensor/array, or a list of 1-D clips, at `sample_rate` (resampled here).
+        """audio: samples (S,) or (B, S) (a 2-D input is always a batch), a list of clips of any
+        lengths, or file paths (audio/inputs.py); sample_rate: the rate of samples (resampled here),
+        None for files, which carry their own.
 
         Keyword options override the embedder's for this call; `names` label clips in errors.
         """
-        options = self._options(layers, layer_mode, normalization, precision)
-        clips, names, kind = self._clips(audio, sample_rate, names)
+        options = self.check_options(layers, layer_mode, normalization, precision)
+        read = read_clips(audio, sample_rate, self.sample_rate, names=names, device=self.device)
+        clips, names, kind = read.waves, read.names, read.kind
         if all(c.shape == clips[0].shape for c in clips):  # one front-end call; no copy of a lone clip
             lms = self.frontend(clips[0][None] if len(clips) == 1 else torch.stack(clips))
         else:
@@ -257,7 +234,7 @@ class Embedder(nn.Module):
                   normalization: str | None = None, precision: str | None = None) -> Embeddings:
         """Like `embed`, from log-mel as the checkpoint's front-end gives it (not normalised):
         (F, T), (B, F, T), or a list of (F, T_i), on the model's device."""
-        options = self._options(layers, layer_mode, normalization, precision)
+        options = self.check_options(layers, layer_mode, normalization, precision)
         kind = "list" if isinstance(lms, (list, tuple)) else "one" if lms.ndim == 2 else "batch"
         lms = list(lms) if kind == "list" else lms[None] if kind == "one" else lms
         names = list(names) if names is not None else [f"lms[{i}]" for i in range(len(lms))]
@@ -266,12 +243,10 @@ class Embedder(nn.Module):
     def _embed_lms(self, lms, names: list[str], kind: str, layers: list[int], layer_mode: str,
                    normalization: str, precision: str, inplace: bool = False) -> Embeddings:
         enc = self.encoder.cfg
-        per_call = self.chunks_per_call or max(1, CHUNK_TOKENS.get(self.device.type, 8192)
-                                               // (enc.num_patches + self.encoder.num_prefix))
-        forward = self._forward_fn(precision, per_call)
+        forward = self._forward_fn(precision, self.group_size)
         frames = embed_normalised(lambda x: encode_chunks(forward, self.encoder, x, layers, layer_mode).float(),
                                   self._normalise(lms, names, normalization, inplace), enc.n_frames, enc.patch_t,
-                                  per_call)
+                                  self.group_size)
         if precision == "fp16" and not all(bool(torch.isfinite(f.sum())) for f in frames):
             raise FloatingPointError(f"non-finite embedding for {names} in fp16: use precision 'bf16' or 'fp32'")
         stamps = [self.timestamps(f.shape[0]) for f in frames]

@@ -33,14 +33,15 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ..audio import FrontendConfig
+from ..audio import FrontendConfig, read_clips
 from ..audio.normalize import NormStats
 from ..checkpoint.hub import reference
 from ..checkpoint.loader import Checkpoint
 from ..files import atomic_write_text, check_output
 from ..model.classifier import Classifier
 from ..outputs import claim
-from .embedder import CHUNK_TOKENS, PRECISIONS, Embedder
+from .chunking import windows
+from .embedder import PRECISIONS, Embedder
 from .jobs import JobSummary, checkpoint_identity, find_inputs, run_files
 
 log = logging.getLogger(__name__)
@@ -72,43 +73,32 @@ class Predictor(Embedder):
         return torch.sigmoid(logits) if self.kind == "multilabel" else torch.softmax(logits, dim=-1)
 
     @torch.no_grad()
-    def predict(self, audio, sample_rate: int, *, names: Sequence[str] | None = None,
+    def predict(self, audio, sample_rate: int | None = None, *, names: Sequence[str] | None = None,
                 precision: str | None = None) -> Tensor:
-        """audio: (S,) or (B, S) tensor/array, or a list of 1-D clips, at `sample_rate` (resampled
-        here) -> probabilities (C,) for one clip, (B, C) otherwise, float32 on the model's device."""
-        precision = self._options(None, None, None, precision)[3]
-        clips, names, kind = self._clips(audio, sample_rate, names)
-        lms = [self.frontend(c) for c in clips]
-        probs = self.predict_lms(self._normalise(lms, names, "stored", inplace=True), precision)
-        return probs[0] if kind == "one" else probs
+        """audio as `embed` takes it (samples (S,) or (B, S), a list of clips, file paths; sample_rate
+        None for files) -> probabilities (C,) for one clip, (B, C) otherwise, float32 on the model's device."""
+        precision = self.check_options(precision=precision)[3]
+        read = read_clips(audio, sample_rate, self.sample_rate, names=names, device=self.device)
+        lms = [self.frontend(c) for c in read.waves]
+        probs = self.predict_lms(self._normalise(lms, read.names, "stored", inplace=True), precision)
+        return probs[0] if read.kind == "one" else probs
 
     @torch.no_grad()
     def predict_lms(self, lms: Sequence[Tensor], precision: str = "fp32") -> Tensor:
         """Normalised log-mel clips [(F, T_i)] on the model's device -> probabilities (B, C)."""
-        width, F = self.window_frames, lms[0].shape[0]
-        enc = self.classifier.encoder
-        per_call = self.chunks_per_call or max(1, CHUNK_TOKENS.get(self.device.type, 8192)
-                                               // (enc.cfg.num_patches + enc.num_prefix))
         dtype = PRECISIONS[precision]
         autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
                     else contextlib.nullcontext())
-        plan = [(i, k) for i, x in enumerate(lms) for k in range(-(-x.shape[-1] // width))]
         sums = torch.zeros(len(lms), self.classifier.n_classes, device=self.device)
         frames = torch.tensor([float(x.shape[-1]) for x in lms], device=self.device)
         training = self.classifier.training
         self.classifier.eval()  # no drop-path nor Patchout, whatever the caller's mode
         try:
-            for start in range(0, len(plan), per_call):
-                group = plan[start:start + per_call]
-                x = lms[0].new_zeros(len(group), 1, F, width)
-                real = torch.zeros(len(group), device=self.device)
-                for j, (i, k) in enumerate(group):
-                    piece = lms[i][:, k * width:(k + 1) * width]
-                    x[j, 0, :, :piece.shape[-1]] = piece
-                    real[j] = piece.shape[-1]
+            for x, where in windows(lms, self.window_frames, self.group_size):
                 with autocast:
                     probs = self.probabilities(self.classifier(x))                  # (n, C)
-                clip = torch.tensor([i for i, _ in group], device=self.device)
+                clip = torch.tensor([i for i, _, _ in where], device=self.device)
+                real = torch.tensor([float(n) for _, _, n in where], device=self.device)
                 sums.index_add_(0, clip, probs * real[:, None])
         finally:
             self.classifier.train(training)
@@ -153,7 +143,7 @@ def predict_files(model: Predictor, inputs: list[str | Path], out: str | Path, *
             "kind": model.kind, "top_k": top_k, "window_frames": model.window_frames,
             "aggregation": "mean of window probabilities weighted by real frames"}
     meta = json.loads(json.dumps(meta))
-    model._options(None, None, None, precision)
+    model.check_options(precision=precision)
     files = find_inputs(inputs)
     given = reference(checkpoint) if checkpoint else None
 

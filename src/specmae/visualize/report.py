@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..audio import AudioError, build_frontend
+from ..audio import AudioError, build_frontend, read_clips
 from ..audio.stream import Clip, open_clip
 from ..checkpoint import Checkpoint, load
 from ..masking import PATTERNS
@@ -219,8 +219,8 @@ class _Run:
 def visualize_clips(checkpoint: str | os.PathLike | Checkpoint, clips: Iterable[tuple[str, np.ndarray] | Clip],
                     out: str | os.PathLike, options: VisualizeOptions | None = None,
                     failed: list[tuple[str, str]] | None = None) -> VisualizeSummary:
-    """Figures, WAVs and index.html for waveforms [(name, (S,) float32 at the checkpoint's rate)]
-    or clips (audio/stream.py, at the checkpoint's rate: files read in pieces).
+    """Figures, WAVs and index.html for waveforms [(name, (S,) float samples at the checkpoint's rate,
+    checked by audio.read_clips)] or clips (audio/stream.py, at the checkpoint's rate: files read in pieces).
 
     A clip that cannot be analysed (shorter than one patch, no such segment, a read that fails) is
     reported in the summary's `failed` and on the page; the others go on. `failed`: a list the
@@ -233,14 +233,15 @@ def visualize_clips(checkpoint: str | os.PathLike | Checkpoint, clips: Iterable[
     run = _Run(ck, out, options)
     failed = failed if failed is not None else []
     sections, count = [], 0
+    rate = run.frontend.sample_rate
     for i, clip in enumerate(clips):
-        if not isinstance(clip, Clip):
-            clip = Clip(clip[0], clip[1], run.frontend.sample_rate)
         # One segment in memory at a time: the chosen ones are read (pass 2) as they are drawn.
         try:
+            if not isinstance(clip, Clip):  # samples in memory: checked as every entry point's
+                clip = Clip(clip[0], read_clips([clip[1]], rate, rate, names=[clip[0]]).waves[0].numpy(), rate)
             chosen, total = choose_segments(clip, run.front, run.enc.n_frames, run.enc.patch_t, options.segments)
         except (AudioError, ValueError) as e:
-            chosen = _failed(failed, clip.name, e)
+            chosen = _failed(failed, clip.name if isinstance(clip, Clip) else str(clip[0]), e)
         for k in chosen:
             try:
                 seg = read_segment(clip, run.front, run.enc.n_frames, k, total)
