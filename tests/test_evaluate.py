@@ -18,7 +18,7 @@ from specmae.evaluation.tasks import Task, TaskError, load_task, read_hear_task,
 from specmae.model.mae import MaskedAutoencoder
 from specmae.model.presets import model_config
 from specmae.evaluation.evaluate import builtin_comparison
-from specmae.evaluation.probe import ProbeConfig
+from specmae.config import ProbeConfig
 
 pytest.importorskip("matplotlib")
 QUICK = ProbeConfig(heads=("linear", "mlp1"), lrs=(3.2e-3, 1e-3), hidden=64, max_epochs=40, patience=5, batch_size=256)

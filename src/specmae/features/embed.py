@@ -90,7 +90,7 @@ def _npz_bytes(**arrays) -> bytes:
     return buf.getvalue()
 
 
-def _batches(todo: list[tuple[Path, str]], sample_rate: int, batch_seconds: float, workers: int,
+def batches(todo: list[tuple[Path, str]], sample_rate: int, batch_seconds: float, workers: int,
              summary: EmbedSummary) -> Iterator[list[tuple[str, np.ndarray]]]:
     """Decode files in threads, in order; yield [(name, waveform)] of about batch_seconds each."""
     def read(item):
@@ -208,7 +208,7 @@ def embed_files(embedder: Embedder, inputs: list[str | Path], out: str | Path | 
     bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="embed")
     last_save = time.monotonic()
     try:
-        for batch in _batches(todo, embedder.sample_rate, batch_seconds, workers, summary):
+        for batch in batches(todo, embedder.sample_rate, batch_seconds, workers, summary):
             lengths = {name: len(wave) for name, wave in batch}
             for name, frames, stamps, clip in _embed_batch(embedder, batch, summary, **options):
                 if table is None:

@@ -39,11 +39,12 @@ from tqdm import tqdm
 
 from ..audio import FrontendConfig
 from ..audio.normalize import NormStats
+from ..checkpoint import loader
 from ..checkpoint.loader import Checkpoint
 from ..files import atomic_write_text, write_tsv
 from ..model.classifier import Classifier
-from .embed import _batches, find_audio, run_batch
-from .embedder import CHUNK_TOKENS, PRECISIONS, Embedder
+from .embed import batches, find_audio, run_batch
+from .embedder import CHUNK_TOKENS, EMBED_OPTIONS, PRECISIONS, Embedder
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,22 @@ def from_checkpoint(ck: Checkpoint, **options) -> Predictor:
                      checkpoint=ck, **options)
 
 
+def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
+    """A ready, eval-mode Embedder from a specmae checkpoint, a run folder, or an official
+    MSM-MAE/M2D .pth file (converted in memory; `specmae convert` keeps the result). A fine-tuned
+    checkpoint or run gives a Predictor: an Embedder with `predict` (label probabilities).
+
+    options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call, compile),
+    and for .pth files the `official.load_official` options (preset, heads, norm_stats, ...).
+    """
+    embed_opts = {k: v for k, v in options.items() if k in EMBED_OPTIONS}
+    other = {k: v for k, v in options.items() if k not in EMBED_OPTIONS}
+    ck = loader.load(path, device, **other)
+    if ck.finetune is not None:
+        return from_checkpoint(ck, **embed_opts)
+    return Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats, checkpoint=ck, **embed_opts)
+
+
 # --- the `specmae predict` batch job ---------------------------------------------------------
 
 
@@ -177,7 +194,7 @@ def predict_files(model: Predictor, inputs: list[str | Path], out: str | Path, *
     bar = tqdm(total=len(todo), unit="file", disable=not progress, desc="predict")
     last_save = time.monotonic()
     try:
-        for batch in _batches(todo, model.sample_rate, batch_seconds, workers, summary):
+        for batch in batches(todo, model.sample_rate, batch_seconds, workers, summary):
             lengths = {name: len(wave) for name, wave in batch}
             for name, probs in _predict_batch(model, batch, summary, precision):
                 scores, idx = probs.float().cpu().topk(top_k)

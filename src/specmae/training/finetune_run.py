@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..checkpoint import load
 from ..config import FinetuneConfig
 from ..evaluation.embedders import AudioStore
@@ -40,6 +39,7 @@ from ..evaluation.report import plot_confusion
 from ..evaluation.tasks import Split, Task
 from ..files import atomic_write_text, save_png
 from ..schema import ConfigError
+from ..version import __version__
 from .engine import setup, split_batch
 from .finetune import FoldResult, FoldTrainer, prepare, read_result
 
