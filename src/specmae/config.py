@@ -146,7 +146,7 @@ LOSSES = ("auto", "ce", "bce")
 SAMPLERS = ("auto", "uniform", "balanced")
 TASK_KINDS = ("multiclass", "multilabel", "binary")
 
-
+# The frozen-encoder probes (evaluation/probe.py); fine-tuning names a grid for its comparison.
 PROBE_HEADS = ("linear", "mlp1", "mlp2")
 HEAR_LRS = (3.2e-3, 1e-3, 3.2e-4, 1e-4)
 PROBE_PRECISIONS = ("auto", "fp32", "bf16")
