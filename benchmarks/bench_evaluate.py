@@ -40,7 +40,7 @@ from specmae.evaluation.evaluate import evaluate  # noqa: E402
 from specmae.evaluation.tasks import read_manifest  # noqa: E402
 from specmae.model.mae import MaskedAutoencoder  # noqa: E402
 from specmae.model.presets import model_config  # noqa: E402
-from specmae.evaluation.probe import GRIDS, PRECISIONS  # noqa: E402
+from specmae.config import GRIDS, PROBE_PRECISIONS  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 
@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fsdd", type=Path, default=FSDD, help="FSDD folder with meta.csv")
     p.add_argument("--baselines", default="none", help="comma-separated from random, logmel, or none")
     p.add_argument("--grid", default="full", choices=sorted(GRIDS))
-    p.add_argument("--probe-precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--probe-precision", default="auto", choices=PROBE_PRECISIONS)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder precision")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)

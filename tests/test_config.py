@@ -12,9 +12,12 @@ from specmae import checkpoint
 from specmae.audio import FrontendConfig
 from specmae.audio.normalize import NormStats
 from specmae.cli import build_parser, pretrain_config
-from specmae.config import RunConfig, TrainConfig, compose, parse_set, read_config_file
+from specmae.config import ProbeConfig, RunConfig, TrainConfig, compose, parse_set, read_config_file
+from specmae.evaluation.evaluate import parse_task_spec
 from specmae.features import load
-from specmae.model.presets import EncoderConfig
+from specmae.masking import MaskingConfig
+from specmae.model.presets import (DECODER_SIZES, ENCODER_SIZES, EncoderConfig, heads_of_width, model_config,
+                                   parse_preset, size_fields)
 from specmae.schema import ConfigError, from_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -55,11 +58,13 @@ def test_token_weight_decay_is_each_recipes_explicit_setting():
     ({"train": {"batch_size": 64, "micro_batch": 24}}, "does not divide train.batch_size"),
     ({"model": {"encoder": {"dimm": 3}}}, "model.encoder: unknown field dimm"),
     ({"model": {"encoder": {"n_mels": 128}}}, "frontend.n_mels = 80 but model.encoder.n_mels = 128"),
-    ({"model": {"encoder": {"patch_t": 15}}}, "does not divide"),
+    ({"model": {"encoder": {"patch_t": 15}}}, "model.encoder.patch_f, patch_t: patch 16x15 does not divide"),
+    ({"model": {"encoder": {"heads": 5}}}, "model.encoder.dim: width 768 is not divisible by 5 heads"),
     ({"frontend": {"kind": "nnaudio"}}, "frontend.kind: 'nnaudio' is not one of msm-mae, maskspec"),
     ({"frontend": {"f_max": 9000}}, "sample_rate / 2 = 8000"),
-    ({"masking": {"strategy": "stripes"}}, "unknown masking strategy"),
-    ({"masking": {"ratio": 1.5}}, "mask ratio"),
+    ({"masking": {"strategy": "stripes"}}, "masking.strategy: unknown masking strategy"),
+    ({"masking": {"ratio": 1.5}}, "masking.ratio: mask ratio"),
+    ({"masking": {"ratio": 0.999}}, "masking.ratio: mask ratio 0.999 leaves 0 of 65 patches visible"),
 ])
 def test_bad_configs_name_the_field(data, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -92,8 +97,46 @@ def test_cli_flags_compose_with_the_config_file():
     assert cfg.model.encoder.n_frames == 208
     with pytest.raises(ConfigError, match="--size huge"):
         pretrain_config(_args("--size", "huge"))
-    with pytest.raises(ConfigError, match="expected key=value"):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         parse_set("train.epochs")
+
+
+def test_every_configuration_mistake_is_a_config_error():
+    # from_dict validates every config, the masking too (without a patch grid), and raises
+    # ConfigError itself: no ValueError is re-wrapped on the way.
+    with pytest.raises(ConfigError, match="masking.strategy: unknown masking strategy 'stripes'"):
+        MaskingConfig.from_dict({"strategy": "stripes"})
+    with pytest.raises(ConfigError, match="model.decoder.pos: '3d'"):
+        model_config(size="tiny", decoder_pos="3d")
+    with pytest.raises(ConfigError, match="unknown input preset"):
+        parse_preset("eighty")
+    with pytest.raises(ConfigError, match="unknown decoder size 'huge'"):
+        model_config(decoder="huge")
+    with pytest.raises(ConfigError, match="probe precision 'fp16'"):
+        ProbeConfig(precision="fp16")
+
+
+def test_one_table_of_model_sizes_for_presets_cli_and_official_weights():
+    for part, sizes in (("encoder", ENCODER_SIZES), ("decoder", DECODER_SIZES)):
+        for name, (dim, depth, heads) in sizes.items():
+            assert size_fields(part, name) == {"dim": dim, "depth": depth, "heads": heads}
+            assert heads_of_width(part, dim) == heads
+    assert heads_of_width("encoder", 100) is None
+    cfg = pretrain_config(_args("--size", "large", "--decoder", "maskspec"))
+    named = model_config(size="large", decoder="maskspec")
+    assert (cfg.model.encoder.dim, cfg.model.encoder.depth, cfg.model.encoder.heads) == \
+        (named.encoder.dim, named.encoder.depth, named.encoder.heads)
+    assert cfg.model.decoder == named.decoder
+
+
+def test_one_key_value_parser_for_set_and_task_options():
+    assert parse_set("model.encoder.depth = 6") == ("model.encoder.depth", 6)
+    assert parse_set("train.betas=[0.9, 0.99]") == ("train.betas", [0.9, 0.99])
+    assert parse_task_spec(["a.csv", "label=digit", "sep=;"]) == ("a.csv", {"label": "digit", "sep": ";"})
+    with pytest.raises(ConfigError, match="--set '=6': expected KEY=VALUE, e.g. model.encoder.depth=6"):
+        parse_set("=6")
+    with pytest.raises(ConfigError, match="'labels=digit': expected KEY=VALUE with KEY one of name, label"):
+        parse_task_spec(["a.csv", "labels=digit"])
 
 
 def test_yaml_syntax_errors_and_non_mappings_are_config_errors(tmp_path):

@@ -20,7 +20,7 @@ from specmae.evaluation.tasks import Task, TaskError, load_task, read_hear_task,
 from specmae.model.mae import MaskedAutoencoder
 from specmae.model.presets import model_config
 from specmae.evaluation.evaluate import builtin_comparison
-from specmae.evaluation.probe import ProbeConfig
+from specmae.config import ProbeConfig
 from specmae.evaluation.report import cell, chance, headline, mean_std, notes, table
 
 pytest.importorskip("matplotlib")

@@ -13,6 +13,7 @@ from specmae.checkpoint.official import from_official_state_dict
 from specmae.model.mae import MaskedAutoencoder, patchify, unpatchify
 from specmae.masking import ids_from_noise, n_keep
 from specmae.model.presets import INPUT_PRESETS, model_config
+from specmae.schema import ConfigError
 
 
 def tiny_cfg(preset="80x208p16x16", **kw):
@@ -178,7 +179,7 @@ def test_official_no_cls_quirk_drops_first_visible_token():
     (dict(qkv_bias="kone"), "allowed"),
 ])
 def test_impossible_configs_fail_with_allowed_values(bad, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         model_config(**bad)
 
 

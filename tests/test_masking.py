@@ -7,6 +7,7 @@ from torch import nn
 
 from specmae.masking import (PATTERNS, STRATEGIES, Masker, MaskingConfig, dwm_masking, hint_exchange, hint_ratio, inverse_block_centres, inverse_block_masking, n_keep, patch_dispersion, pattern_masking, random_masking, sgim_masking, sgim_scores, structured_masking, time_strip_masking)
 from specmae.model.presets import model_config
+from specmae.schema import ConfigError
 from specmae.model.vit import Encoder
 
 # grid -> input (F, T): the 16x16, 16x4, strip and 8x16 presets, and a tiny grid.
@@ -288,7 +289,7 @@ def test_time_strips_and_row_column_mask_whole_lines(grid):
     (dict(strategy="dwm", hint_exponent=0.0), "exponent"),
 ])
 def test_bad_configs_fail_at_start_with_allowed_values(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         Masker(MaskingConfig(**kwargs), (5, 13))
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from specmae.config import GRIDS, ProbeConfig
 from specmae.evaluation.metrics import accuracy, chance_score, mean_average_precision, roc_auc
-from specmae.evaluation.probe import GRIDS, ProbeConfig, make_head, standardise, train_probe
+from specmae.evaluation.probe import make_head, standardise, train_probe
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -158,12 +159,12 @@ def test_mlp_head_layout_and_seeded_init():
 def test_auto_precision_resolves_per_device(monkeypatch):
     import torch
 
-    from specmae.evaluation import probe
+    from specmae import config
     assert ProbeConfig().precision == "auto"
     assert ProbeConfig(precision="fp32").resolved("cpu").precision == "fp32"
-    monkeypatch.setattr(probe, "native_bf16", lambda device: False)
+    monkeypatch.setattr(config, "native_bf16", lambda device: False)
     assert ProbeConfig().resolved("cpu").precision == "fp32"
-    monkeypatch.setattr(probe, "native_bf16", lambda device: True)
+    monkeypatch.setattr(config, "native_bf16", lambda device: True)
     assert ProbeConfig().resolved(torch.device("cpu")).precision == "bf16"
     with pytest.raises(ValueError, match="allowed"):
         ProbeConfig(precision="fp16")

@@ -6,7 +6,8 @@
     out.frames, out.timestamps, out.clip               # (N, D), (N,) ms, (D,)
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401
+
 __all__ = ["Embedder", "Embeddings", "load"]
 
 

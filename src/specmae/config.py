@@ -8,9 +8,14 @@
 
     FinetuneConfig                                    (front-end and encoder: the checkpoint's)
       model     ClassifierConfig (model/classifier.py)  pooling, input width, drop-path, Patchout
-      augment   AugmentConfig    (training/augment.py)  mixup, SpecAugment, gain
+      augment   AugmentConfig    (here)                 mixup, SpecAugment, gain (training/augment.py)
       train     TrainConfig      (here)                 with fine-tuning defaults
       layer_decay, label_smoothing, loss, sampler, probe, valid_fraction
+
+    ProbeConfig, GRIDS (here)  the frozen-encoder probe grids (evaluation/probe.py)
+
+The configs of training and evaluation live here, below the code they configure, because a
+checkpoint (checkpoint/loader.py, below training and evaluation) reads them back.
 
 A run config comes from, in order: the defaults, a YAML file or built-in config (`--config`),
 the named CLI flags, then `--set section.field=value`; each layer overrides fields of the one
@@ -22,19 +27,20 @@ of a failure inside the first training step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .audio.frontend import FrontendConfig
 from .masking import MaskingConfig
 from .model.classifier import ClassifierConfig
 from .model.presets import ModelConfig
-from .schema import ConfigError, from_dict, non_negative, one_of, positive, to_dict
-from .training.augment import AugmentConfig
+from .precision import native_bf16
+from .schema import ConfigError, from_dict, key_value, non_negative, one_of, positive, to_dict
 
 
 @dataclass
@@ -114,6 +120,31 @@ class RunConfig:
         return from_dict(cls, d)
 
 
+MIXUP_MODES = ("none", "waveform", "spectrogram", "both")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation; the defaults are MaskSpec's (widths as shares of the input)."""
+    mixup: str = "waveform"         # none | waveform (means removed) | spectrogram | both
+    mixup_alpha: float = 0.3        # lambda ~ Beta(a, a), then lambda = max(lambda, 1 - lambda)
+    freq_mask: float = 0.375        # widest frequency mask, share of the mel bins (MaskSpec: 48 of 128)
+    time_mask: float = 0.192        # widest time mask, share of the input frames (MaskSpec: 192 of 1000)
+    gain_db: float = 7.0            # random gain, uniform in +-gain_db
+
+    def validate(self) -> "AugmentConfig":
+        one_of("augment.mixup", self.mixup, MIXUP_MODES)
+        if self.mixup != "none" and not self.mixup_alpha > 0:
+            raise ConfigError(f"augment.mixup_alpha: expected a positive number with mixup "
+                              f"{self.mixup!r}, got {self.mixup_alpha}")
+        for name in ("freq_mask", "time_mask"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"augment.{name}: {value}, expected a share of the input in [0, 1]")
+        non_negative("augment.gain_db", self.gain_db)
+        return self
+
+
 def finetune_train() -> TrainConfig:
     """MaskSpec's fine-tuning schedule: 80 epochs, 5 of warm-up, blr 1e-3 down to 1e-6, AdamW betas
     (0.9, 0.999); [CLS] undecayed, as in MAE's and MaskSpec's fine-tuning (`no_weight_decay`)."""
@@ -124,6 +155,57 @@ def finetune_train() -> TrainConfig:
 LOSSES = ("auto", "ce", "bce")
 SAMPLERS = ("auto", "uniform", "balanced")
 TASK_KINDS = ("multiclass", "multilabel", "binary")
+
+# The frozen-encoder probes (evaluation/probe.py); fine-tuning names a grid for its comparison.
+PROBE_HEADS = ("linear", "mlp1", "mlp2")
+HEAR_LRS = (3.2e-3, 1e-3, 3.2e-4, 1e-4)
+PROBE_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class ProbeConfig:
+    """The grid (heads x lrs) and its training protocol. Defaults: HEAR 2021 plus a linear head."""
+    heads: tuple[str, ...] = PROBE_HEADS
+    lrs: tuple[float, ...] = HEAR_LRS
+    hidden: int = 1024
+    dropout: float = 0.1
+    patience: int = 20           # epochs without a strict improvement of the validation metric
+    max_epochs: int = 500
+    batch_size: int = 1024
+    seed: int = 0
+    precision: str = "auto"      # 'fp32', 'bf16' (autocast the matrix products), 'auto': bf16 where native
+
+    def __post_init__(self):
+        self.heads, self.lrs = tuple(self.heads), tuple(float(lr) for lr in self.lrs)
+        bad = [h for h in self.heads if h not in PROBE_HEADS]
+        if bad or not self.heads or not self.lrs:
+            raise ConfigError(f"probe heads {self.heads}, lrs {self.lrs}: need at least one of each, heads from {PROBE_HEADS}")
+        if min(self.patience, self.max_epochs, self.batch_size, self.hidden) < 1 or not 0 <= self.dropout < 1:
+            raise ConfigError(f"probe hidden {self.hidden}, dropout {self.dropout}, patience {self.patience}, "
+                              f"max_epochs {self.max_epochs}, batch_size {self.batch_size}: expected positive "
+                              "integers and a dropout in [0, 1)")
+        if self.precision not in PROBE_PRECISIONS:
+            raise ConfigError(f"probe precision {self.precision!r}: allowed {PROBE_PRECISIONS}")
+
+    def resolved(self, device: str | torch.device) -> "ProbeConfig":
+        """This config with precision 'auto' replaced by what runs on `device`."""
+        if self.precision != "auto":
+            return self
+        return replace(self, precision="bf16" if native_bf16(device) else "fp32")
+
+    def grid(self) -> list[tuple[str, float]]:
+        return [(h, lr) for h in self.heads for lr in self.lrs]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+GRIDS = {
+    "full": ProbeConfig(),
+    "hear": ProbeConfig(heads=("mlp1", "mlp2")),
+    "linear": ProbeConfig(heads=("linear",)),
+    "fast": ProbeConfig(heads=("linear", "mlp1"), lrs=(3.2e-3, 1e-3), max_epochs=100, batch_size=256),
+}
 
 
 @dataclass
@@ -153,7 +235,6 @@ class FinetuneConfig:
             raise ConfigError(f"label_smoothing: {self.label_smoothing}, expected a value in [0, 1)")
         one_of("loss", self.loss, LOSSES)
         one_of("sampler", self.sampler, SAMPLERS)
-        from .evaluation.probe import GRIDS
         one_of("probe", self.probe, tuple(GRIDS) + ("none",))
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError(f"valid_fraction: {self.valid_fraction}, expected a share in (0, 1)")
@@ -275,11 +356,9 @@ def set_path(d: dict, dotted: str, value: Any) -> None:
 
 def parse_set(item: str) -> tuple[str, Any]:
     """'model.encoder.depth=6' -> ('model.encoder.depth', 6); the value is read as YAML."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.encoder.depth=6")
+    key, value = key_value(item, "--set", example="model.encoder.depth=6")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key, yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML ({' '.join(str(e).split())})") from e
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .schema import from_dict, to_dict
+from .schema import ConfigError, from_dict, to_dict
 
 PATTERNS = ("time-alternating", "frequency-alternating", "chessboard")
 HINTED = ("dwm", "inverse-block", "sgim")  # strategies that take the hint exchange
@@ -29,10 +29,10 @@ DISPERSIONS = ("mad", "var")
 def n_keep(num_patches: int, ratio: float) -> int:
     """Visible patches per sample: floor(L * (1 - ratio)), as the official code."""
     if not 0.0 < ratio < 1.0:
-        raise ValueError(f"mask ratio {ratio} must be in (0, 1)")
+        raise ConfigError(f"mask ratio {ratio} must be in (0, 1)")
     keep = int(num_patches * (1 - ratio))
     if keep < 1 or keep >= num_patches:
-        raise ValueError(
+        raise ConfigError(
             f"mask ratio {ratio} leaves {keep} of {num_patches} patches visible; "
             f"it must leave at least one visible and one masked patch")
     return keep
@@ -265,28 +265,35 @@ class MaskingConfig:
     block_adjust: float = 0.07      # inverse-block: extra share of centres (overlap)
     row_fraction: float = 0.5       # row-column: share of masked patches taken as whole rows
 
-    def validate(self, grid: tuple[int, int]) -> "MaskingConfig":
-        """Raise ValueError naming the offending value and what is allowed."""
+    def validate(self, grid: tuple[int, int] | None = None) -> "MaskingConfig":
+        """Raise ConfigError naming the offending field, its value and what is allowed. With the
+        patch `grid` (N_F, N_T), also that the ratio leaves visible and masked patches on it."""
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown masking strategy {self.strategy!r}: allowed {STRATEGIES}")
+            raise ConfigError(f"masking.strategy: unknown masking strategy {self.strategy!r}, allowed {STRATEGIES}")
         if self.dispersion not in DISPERSIONS:
-            raise ValueError(f"unknown dwm dispersion {self.dispersion!r}: allowed {DISPERSIONS}")
-        if len(grid) != 2 or min(grid) < 1:
-            raise ValueError(f"patch grid {grid}: expected (N_F, N_T) with both at least 1")
+            raise ConfigError(f"masking.dispersion: unknown dwm dispersion {self.dispersion!r}, allowed {DISPERSIONS}")
         if self.strategy in PATTERNS and self.ratio != 0.5:
-            raise ValueError(f"masking pattern {self.strategy!r} is defined at ratio 0.5 "
-                             f"(got {self.ratio}): set the mask ratio to 0.5")
-        n_keep(grid[0] * grid[1], self.ratio)
+            raise ConfigError(f"masking.ratio: masking pattern {self.strategy!r} is defined at ratio 0.5 "
+                              f"(got {self.ratio}): set the mask ratio to 0.5")
+        if not 0.0 < self.ratio < 1.0:
+            raise ConfigError(f"masking.ratio: mask ratio {self.ratio} must be in (0, 1)")
+        if grid is not None:
+            if len(grid) != 2 or min(grid) < 1:
+                raise ConfigError(f"patch grid {grid}: expected (N_F, N_T) with both at least 1")
+            try:
+                n_keep(grid[0] * grid[1], self.ratio)
+            except ConfigError as e:
+                raise ConfigError(f"masking.ratio: {e}") from e
         if self.hint_ratio is not None and not 0.0 <= self.hint_ratio <= 1.0:
-            raise ValueError(f"hint_ratio {self.hint_ratio} must be in [0, 1], or None for the schedule")
+            raise ConfigError(f"masking.hint_ratio: {self.hint_ratio} must be in [0, 1], or null for the schedule")
         if self.hint_start_epoch < 0 or self.hint_exponent <= 0:
-            raise ValueError(f"hint schedule: start epoch {self.hint_start_epoch} must be >= 0 "
-                             f"and exponent {self.hint_exponent} > 0")
+            raise ConfigError(f"masking.hint_start_epoch, hint_exponent: start epoch {self.hint_start_epoch} must "
+                              f"be >= 0 and exponent {self.hint_exponent} > 0")
         if self.block < 1 or self.block_adjust < 0:
-            raise ValueError(f"inverse-block: block {self.block} must be >= 1 and "
-                             f"block_adjust {self.block_adjust} >= 0")
+            raise ConfigError(f"masking.block, block_adjust: inverse-block: block {self.block} must be >= 1 and "
+                              f"block_adjust {self.block_adjust} >= 0")
         if not 0.0 <= self.row_fraction <= 1.0:
-            raise ValueError(f"row_fraction {self.row_fraction} must be in [0, 1]")
+            raise ConfigError(f"masking.row_fraction: {self.row_fraction} must be in [0, 1]")
         return self
 
     def to_dict(self) -> dict:

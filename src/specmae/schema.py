@@ -14,7 +14,6 @@ Errors are `ConfigError` and name the dotted path of the field, the value and wh
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import types
 import typing
@@ -58,19 +57,9 @@ def from_dict(klass: type[T], data: Any, where: str = "") -> T:
     values = {name: _coerce(hints[name], value, f"{where}.{name}" if where else name)
               for name, value in data.items()}
     cfg = klass(**values)
-    validate = getattr(cfg, "validate", None)
-    if validate is not None and _takes_no_arguments(validate):
-        try:
-            validate()
-        except ConfigError:
-            raise
-        except ValueError as e:
-            raise ConfigError(f"{label}: {e}" if where else str(e)) from e
+    if hasattr(cfg, "validate"):
+        cfg.validate()
     return cfg
-
-
-def _takes_no_arguments(fn) -> bool:
-    return all(p.default is not inspect.Parameter.empty for p in inspect.signature(fn).parameters.values())
 
 
 def _show(value: Any) -> str:
@@ -158,3 +147,14 @@ def non_negative(name: str, value) -> None:
 def one_of(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def key_value(item: str, flag: str, keys=None, example: str = "") -> tuple[str, str]:
+    """One `KEY=VALUE` command-line item -> (key, value), the value as written. `flag` names the
+    option in messages; `keys`, when given, are the keys allowed."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key or (keys is not None and key not in keys):
+        allowed = f" with KEY one of {', '.join(keys)}" if keys is not None else ""
+        raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE{allowed}{', e.g. ' + example if example else ''}")
+    return key, value

@@ -84,11 +84,11 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     NaN/inf samples or samples beyond MAX_ABS_SAMPLE.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         with sf.SoundFile(str(path)) as f:
             file_sr = f.samplerate
-            _check_header(f, path, max_seconds)
+            check_header(f, path, max_seconds)
             # Seeking an MPEG stream changes what it decodes, and soundfile seeks after every
             # read: MPEG is read in one call (its claimed length is bounded above), the rest in blocks.
             data = None if f.subtype.startswith("MPEG") else _read_blocks(f, path)
@@ -99,7 +99,7 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
         if isinstance(e, AudioError):
             raise
-        raise AudioError(f"{path}: cannot decode audio ({_decode_reason(e, path)})") from e
+        raise AudioError(f"{path}: cannot decode audio ({decode_reason(e, path)})") from e
     except MemoryError as e:
         raise AudioError(f"{path}: too large to decode in memory") from e
     wave = resample(data, file_sr, sample_rate)
@@ -108,7 +108,7 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     return wave
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     """The reasons libsndfile words badly: missing, not a file, empty, not readable."""
     if not path.exists():
         raise AudioError(f"{path}: file not found")
@@ -120,7 +120,7 @@ def _check_file(path: Path) -> None:
         raise AudioError(f"{path}: permission denied")
 
 
-def _check_header(f: sf.SoundFile, path: Path, max_seconds: float | None) -> None:
+def check_header(f: sf.SoundFile, path: Path, max_seconds: float | None) -> None:
     """Refuse impossible headers before anything is allocated from them."""
     if f.channels <= 0:
         raise AudioError(f"{path}: no channels")
@@ -155,7 +155,7 @@ def _read_blocks(f: sf.SoundFile, path: Path) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _decode_reason(e: Exception, path: Path) -> str:
+def decode_reason(e: Exception, path: Path) -> str:
     """libsndfile's own words, without the path - except where they are wrong about the cause."""
     reason = getattr(e, "error_string", None) or str(e)
     code = getattr(e, "code", None)

@@ -22,7 +22,8 @@ import math
 import numpy as np
 import torch
 
-from .frontend import FrontendConfig, build_frontend
+from .frontend import FrontendConfig
+from .logmel import build_frontend
 from .maskspec import PRE_EMPHASIS
 
 # Projected-gradient iterations of the non-negative mel inversion; frames solved at a time.

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .decode import AudioError, _check_file, _check_header, _decode_reason, check_waveform, load_audio, resample
+from .decode import AudioError, check_file, check_header, check_waveform, decode_reason, load_audio, resample
 
 # soxr's HQ filter reaches a few milliseconds; 0.25 s of context leaves a piece within float32
 # rounding (~1e-7) of the whole file's samples at every rate tried (8-48 kHz, up and down).
@@ -82,7 +82,7 @@ class FileClip(Clip):
             self.file.seek(i0)
             block = self.file.read(i1 - i0, dtype="float32", always_2d=True)   # (n, C)
         except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
-            raise AudioError(f"{self.name}: cannot decode audio ({_decode_reason(e, self.path)})") from e
+            raise AudioError(f"{self.name}: cannot decode audio ({decode_reason(e, self.path)})") from e
         if len(block) < i1 - i0:
             raise AudioError(f"{self.name}: decoding stopped at frame {i0 + len(block)} of the {self.frames} its "
                              "header claims: truncated or corrupt file")
@@ -98,13 +98,13 @@ def open_clip(path: str | Path, sample_rate: int, max_seconds: float | None = No
     and its header (AudioError naming it). MPEG audio (mp3) is decoded whole into a Clip: seeking
     an MPEG stream changes what it decodes (see load_audio)."""
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         f = sf.SoundFile(str(path))
     except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"{path}: cannot decode audio ({_decode_reason(e, path)})") from e
+        raise AudioError(f"{path}: cannot decode audio ({decode_reason(e, path)})") from e
     try:
-        _check_header(f, path, max_seconds)
+        check_header(f, path, max_seconds)
         if f.subtype.startswith("MPEG"):
             f.close()
             return Clip(str(path), load_audio(path, sample_rate, max_seconds), sample_rate)

@@ -25,8 +25,6 @@ from .store import CheckpointError, save_checkpoint
 ENCODER_KEYS = ("cls_token", "patch_embed.", "blocks.", "norm.")
 FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
 DECODER_KEYS = ("decoder_", "mask_token")
-ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16}
-DECODER_HEADS = {384: 6, 512: 16}  # MSM-MAE 384/4/6, MaskSpec 512/8/16
 KEY_PREFIXES = ("module.ar.runtime.backbone.", "module.")  # EVAR fine-tuning, DDP
 RUN_NAME = re.compile(r"(\d+x\d+p\d+x\d+)(p32k)?")  # '80x208p16x16_tag', 'm2d_vit_base-80x608p16x16p32k-...'
 AUDIOSET_NORM_STATS = (-7.1, 4.2)
@@ -131,10 +129,13 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
     """Rebuild (ModelConfig, FrontendConfig, notes, has_mae_decoder) from key names and shapes.
 
     Input and patch size: `preset`, else the run-folder name inside `name`, else the encoder's
-    positional table assuming 80 mel bins. Heads: the arguments, else ENCODER/DECODER_HEADS.
+    positional table assuming 80 mel bins. Heads: the arguments, else those of the model size of that
+    width (model/presets.py: ENCODER_SIZES, DECODER_SIZES).
     """
     from ..audio import FrontendConfig
-    from ..model.presets import DecoderConfig, EncoderConfig, ModelConfig, parse_preset
+    from ..model.presets import (DECODER_SIZES, ENCODER_SIZES, DecoderConfig, EncoderConfig, ModelConfig,
+                                 heads_of_width, parse_preset)
+    from ..schema import ConfigError
     from ..model.vit import sincos_2d
 
     def need(key: str) -> torch.Tensor:
@@ -161,9 +162,10 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
     qkv = "kzero" if "blocks.0.attn.q_bias" in state else "full" if "blocks.0.attn.qkv.bias" in state else None
     if qkv is None:
         raise CheckpointError(f"{name}: blocks.0.attn has neither q_bias/v_bias nor qkv.bias: unsupported")
-    heads = heads or ENCODER_HEADS.get(dim)
+    heads = heads or heads_of_width("encoder", dim)
     if heads is None:
-        raise CheckpointError(f"{name}: cannot infer the heads of a {dim}-wide encoder (known {ENCODER_HEADS}); "
+        known = {w: h for w, _, h in ENCODER_SIZES.values()}
+        raise CheckpointError(f"{name}: cannot infer the heads of a {dim}-wide encoder (known {known}); "
                               "pass heads (load(..., heads=N)), or convert it once: specmae convert FILE OUT --heads N")
     enc = EncoderConfig(n_mels, n_frames, pf, pt, dim, _depth(state, "blocks."), heads,
                         need("blocks.0.mlp.fc1.weight").shape[0] / dim, use_cls, qkv)
@@ -171,10 +173,11 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
     has_decoder = pred is not None and pred.shape[0] == pf * pt and "decoder_blocks.0.norm1.weight" in state
     if has_decoder:
         d_dim = int(pred.shape[1])
-        d_heads = decoder_heads or DECODER_HEADS.get(d_dim)
+        d_heads = decoder_heads or heads_of_width("decoder", d_dim)
         if d_heads is None:
+            known = {w: h for w, _, h in DECODER_SIZES.values()}
             raise CheckpointError(f"{name}: cannot infer the heads of a {d_dim}-wide decoder "
-                                  f"(known {DECODER_HEADS}); pass decoder_heads (load(..., decoder_heads=N)), or convert "
+                                  f"(known {known}); pass decoder_heads (load(..., decoder_heads=N)), or convert "
                                   "it once: specmae convert FILE OUT --decoder-heads N")
         table = state.get("decoder_pos_embed")
         grid_table = sincos_2d(d_dim, enc.grid, use_cls) if d_dim % 4 == 0 else None
@@ -193,7 +196,7 @@ def official_config(state: dict, name: str = "", preset: str | None = None, head
     try:
         frontend = dataclasses.replace(frontend, n_mels=n_mels)
         return ModelConfig(enc, dec).validate(), frontend, notes, has_decoder
-    except ValueError as e:
+    except ConfigError as e:
         raise CheckpointError(f"{name}: {e}") from e
 
 

@@ -12,7 +12,7 @@ def pretrain_config(args: argparse.Namespace):
     """Defaults <- --config file <- named flags <- --set key=value, validated as a whole. A resumed
     run starts from its own config.json, so only the options given are checked against it."""
     from ..config import compose_cli, read_config_file
-    from ..model.presets import DECODER_SIZES, ENCODER_SIZES, parse_preset
+    from ..model.presets import parse_preset, size_fields
     from ..schema import ConfigError
 
     layers = [read_config_file(args.config)] if args.config else []
@@ -24,13 +24,14 @@ def pretrain_config(args: argparse.Namespace):
         n_mels, n_frames, patch_f, patch_t = parse_preset(args.preset)
         flags.update({"model.encoder.n_mels": n_mels, "model.encoder.n_frames": n_frames,
                       "model.encoder.patch_f": patch_f, "model.encoder.patch_t": patch_t})
-    for flag, sizes, section in (("size", ENCODER_SIZES, "encoder"), ("decoder", DECODER_SIZES, "decoder")):
+    for flag, part in (("size", "encoder"), ("decoder", "decoder")):
         name = getattr(args, flag)
         if name is not None:
-            if name not in sizes:
-                raise ConfigError(f"--{flag} {name}: allowed {', '.join(sizes)}")
-            for key, value in zip(("dim", "depth", "heads"), sizes[name]):
-                flags[f"model.{section}.{key}"] = value
+            try:
+                fields = size_fields(part, name)
+            except ConfigError as e:
+                raise ConfigError(f"--{flag} {name}: {e}") from e
+            flags.update({f"model.{part}.{key}": value for key, value in fields.items()})
     flags.update({"train.data": args.data, "train.epochs": args.epochs, "train.batch_size": args.batch_size,
                   "train.micro_batch": args.micro_batch, "train.blr": args.blr, "train.seed": args.seed,
                   "train.warmup_epochs": args.warmup_epochs, "train.workers": args.workers,

@@ -34,10 +34,12 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .. import __version__
 from ..audio import AudioError
+from ..config import GRIDS, PROBE_PRECISIONS, ProbeConfig
+from ..schema import ConfigError, key_value
+from ..version import __version__
 from .embedders import (AudioStore, ClipEmbedder, EmbeddingCache, cache_key, embed_task, model_embedders, task_identity)
-from .probe import GRIDS, PRECISIONS, ProbeConfig, train_probe
+from .probe import train_probe
 from .report import (cell, chance, confusion, headline, mean_std, notes, plot_comparison, plot_confusion, slug,
                      table, task_summary, write_report)
 from .tasks import TASK_OPTIONS, Task, TaskError, load_task
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 def _probe_config(grid: str | ProbeConfig, seed: int, **overrides) -> ProbeConfig:
     if isinstance(grid, str):
         if grid not in GRIDS:
-            raise ValueError(f"grid {grid!r}: allowed {sorted(GRIDS)}")
+            raise ConfigError(f"grid {grid!r}: allowed {sorted(GRIDS)}")
         grid = GRIDS[grid]
     return replace(grid, seed=seed, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -227,7 +229,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         "linear, 1 and 2 hidden layers x 4 learning rates)")
     parser.add_argument("--max-epochs", type=int, help="override the grid's maximum epochs")
     parser.add_argument("--patience", type=int, help="override the early-stopping patience (epochs)")
-    parser.add_argument("--probe-precision", choices=PRECISIONS,
+    parser.add_argument("--probe-precision", choices=PROBE_PRECISIONS,
                         help="probe matrix products (default auto: bf16 where it measures faster than fp32, else fp32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="device for embedding and probes: cpu, cuda, cuda:1")
@@ -244,9 +246,7 @@ def parse_task_spec(tokens: Sequence[str]) -> tuple[str, dict]:
     """['path', 'key=value', ...] -> (path, options)."""
     path, options = tokens[0], {}
     for item in tokens[1:]:
-        key, sep, value = item.partition("=")
-        if not sep or key not in TASK_OPTIONS:
-            raise TaskError(f"--task {' '.join(tokens)}: {item!r}: expected KEY=VALUE with KEY in {list(TASK_OPTIONS)}")
+        key, value = key_value(item, f"--task {' '.join(tokens)}:", TASK_OPTIONS)
         options[key] = value
     return path, options
 

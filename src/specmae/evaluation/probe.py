@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -37,58 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .metrics import KINDS, score
-from ..precision import native_bf16
+from ..config import PROBE_HEADS, ProbeConfig
 
 log = logging.getLogger(__name__)
-
-HEADS = ("linear", "mlp1", "mlp2")
-HEAR_LRS = (3.2e-3, 1e-3, 3.2e-4, 1e-4)
-PRECISIONS = ("auto", "fp32", "bf16")
-
-
-@dataclass
-class ProbeConfig:
-    """The grid (heads x lrs) and its training protocol. Defaults: HEAR 2021 plus a linear head."""
-    heads: tuple[str, ...] = HEADS
-    lrs: tuple[float, ...] = HEAR_LRS
-    hidden: int = 1024
-    dropout: float = 0.1
-    patience: int = 20           # epochs without a strict improvement of the validation metric
-    max_epochs: int = 500
-    batch_size: int = 1024
-    seed: int = 0
-    precision: str = "auto"      # 'fp32', 'bf16' (autocast the matrix products), 'auto': bf16 where native
-
-    def __post_init__(self):
-        self.heads, self.lrs = tuple(self.heads), tuple(float(lr) for lr in self.lrs)
-        bad = [h for h in self.heads if h not in HEADS]
-        if bad or not self.heads or not self.lrs:
-            raise ValueError(f"probe heads {self.heads}, lrs {self.lrs}: need at least one of each, heads from {HEADS}")
-        if min(self.patience, self.max_epochs, self.batch_size, self.hidden) < 1 or not 0 <= self.dropout < 1:
-            raise ValueError(f"invalid probe config {self}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"probe precision {self.precision!r}: allowed {PRECISIONS}")
-
-    def resolved(self, device: str | torch.device) -> "ProbeConfig":
-        """This config with precision 'auto' replaced by what runs on `device`."""
-        if self.precision != "auto":
-            return self
-        return replace(self, precision="bf16" if native_bf16(device) else "fp32")
-
-    def grid(self) -> list[tuple[str, float]]:
-        return [(h, lr) for h in self.heads for lr in self.lrs]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-GRIDS = {
-    "full": ProbeConfig(),
-    "hear": ProbeConfig(heads=("mlp1", "mlp2")),
-    "linear": ProbeConfig(heads=("linear",)),
-    "fast": ProbeConfig(heads=("linear", "mlp1"), lrs=(3.2e-3, 1e-3), max_epochs=100, batch_size=256),
-}
-
 
 class SeededDropout(nn.Module):
     """Dropout drawing its masks from its own generator, so that a head's training does not depend
@@ -109,13 +60,13 @@ def make_head(head: str, d_in: int, n_out: int, hidden: int = 1024, dropout: flo
               device: str | torch.device = "cpu") -> nn.Sequential:
     """(B, d_in) -> (B, n_out) logits. MLP layers: Linear -> BatchNorm -> Dropout -> ReLU (HEAR's
     order); weights Xavier-uniform (ReLU gain after a ReLU), biases zero, all from `seed`."""
-    if head not in HEADS:
-        raise ValueError(f"probe head {head!r}: allowed {HEADS}")
+    if head not in PROBE_HEADS:
+        raise ValueError(f"probe head {head!r}: allowed {PROBE_HEADS}")
     init = torch.Generator().manual_seed(seed)
     drop = torch.Generator(device).manual_seed(seed + 1)
     layers, width = [], d_in
     with torch.random.fork_rng(devices=[]):  # nn.Linear's own initialisation draws from the global RNG
-        for _ in range(HEADS.index(head)):
+        for _ in range(PROBE_HEADS.index(head)):
             layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), SeededDropout(dropout, drop), nn.ReLU()]
             width = hidden
         layers.append(nn.Linear(width, n_out))
@@ -214,7 +165,7 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
     grid = [GridPoint(h, lr) for h, lr in cfg.grid()]
     # One initialisation per head, shared by its learning rates: they differ only by the rate.
     heads = [make_head(g.head, x_tr.shape[1], n_classes, cfg.hidden, cfg.dropout,
-                       cfg.seed * 100 + HEADS.index(g.head), device) for g in grid]
+                       cfg.seed * 100 + PROBE_HEADS.index(g.head), device) for g in grid]
     optims = [_adam(h, g.lr) for h, g in zip(heads, grid)]
     best: dict[int, dict[str, Tensor]] = {}
     active = list(range(len(grid)))

@@ -43,7 +43,6 @@ from torch import Tensor, nn
 
 from ..audio import AudioError, FrontendConfig, build_frontend, read_clips
 from ..audio.normalize import NormStats
-from ..checkpoint import loader
 from ..checkpoint.loader import Checkpoint
 from .chunking import embed_normalised, encode_chunks, frame_timestamps, resolve_layers
 from ..model.vit import Encoder
@@ -261,24 +260,3 @@ class Embedder(nn.Module):
         """(B, S) audio at the model rate -> frame features (B, N, D)."""
         return self.embed(audio, self.sample_rate).frames
 
-
-def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
-    """A ready, eval-mode Embedder from a specmae checkpoint, a run folder, or an official
-    MSM-MAE/M2D .pth file (converted in memory; `specmae convert` keeps the result). A fine-tuned
-    checkpoint or run gives a Predictor: an Embedder with `predict` (label probabilities).
-
-    options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call, compile),
-    and for .pth files the `official.load_official` options (preset, heads, norm_stats, ...).
-    """
-    embed_opts = {k: v for k, v in options.items() if k in EMBED_OPTIONS}
-    other = {k: v for k, v in options.items() if k not in EMBED_OPTIONS}
-    return from_checkpoint(loader.load(path, device, **other), **embed_opts)
-
-
-def from_checkpoint(ck: Checkpoint, **options) -> Embedder:
-    """The Embedder of a loaded checkpoint (its encoder, front-end and statistics); for a
-    fine-tuned checkpoint a Predictor, the Embedder that also has `predict` (predict.py)."""
-    if ck.finetune is not None:
-        from .predict import from_checkpoint as predictor
-        return predictor(ck, **options)
-    return Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats, checkpoint=ck, **options)

@@ -35,13 +35,14 @@ from torch import Tensor
 
 from ..audio import FrontendConfig, read_clips
 from ..audio.normalize import NormStats
+from ..checkpoint import loader
 from ..checkpoint.hub import reference
 from ..checkpoint.loader import Checkpoint
 from ..files import atomic_write_text, check_output
 from ..model.classifier import Classifier
 from ..outputs import claim
 from .chunking import windows
-from .embedder import PRECISIONS, Embedder
+from .embedder import EMBED_OPTIONS, PRECISIONS, Embedder
 from .jobs import JobSummary, checkpoint_identity, find_inputs, run_files
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,22 @@ def from_checkpoint(ck: Checkpoint, **options) -> Predictor:
                          "(specmae finetune)")
     return Predictor(ck.model, ck.config.frontend, ck.norm_stats, ck.finetune.labels, ck.finetune.kind,
                      checkpoint=ck, **options)
+
+
+def load(path, device: str | torch.device = "cpu", **options) -> Embedder:
+    """A ready, eval-mode Embedder from a specmae checkpoint, a run folder, or an official
+    MSM-MAE/M2D .pth file (converted in memory; `specmae convert` keeps the result). A fine-tuned
+    checkpoint or run gives a Predictor: an Embedder with `predict` (label probabilities).
+
+    options: Embedder options (layers, layer_mode, normalization, precision, chunks_per_call, compile),
+    and for .pth files the `official.load_official` options (preset, heads, norm_stats, ...).
+    """
+    embed_opts = {k: v for k, v in options.items() if k in EMBED_OPTIONS}
+    other = {k: v for k, v in options.items() if k not in EMBED_OPTIONS}
+    ck = loader.load(path, device, **other)
+    if ck.finetune is not None:
+        return from_checkpoint(ck, **embed_opts)
+    return Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats, checkpoint=ck, **embed_opts)
 
 
 # --- the `specmae predict` batch job ---------------------------------------------------------

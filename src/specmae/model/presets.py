@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..schema import from_dict, to_dict
+from ..schema import ConfigError, from_dict, to_dict
 
 # Presets of the MSM-MAE paper. Other names of the same form also parse, provided the
 # patch divides the input (docs/configuration.md).
@@ -19,7 +19,8 @@ INPUT_PRESETS = (
     "80x200p16x8", "80x200p16x4", "80x208p8x16", "80x304p80x4",
 )
 
-# name -> (width, depth, heads)
+# The one table of model sizes, name -> (width, depth, heads): the presets here, the CLI's --size and
+# --decoder, and the heads of official weights of a known width (checkpoint/official.py).
 ENCODER_SIZES = {
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
@@ -33,6 +34,21 @@ DECODER_SIZES = {
 QKV_BIAS_MODES = ("full", "kzero")
 DECODER_POS_MODES = ("1d", "2d")
 
+def size_fields(part: str, name: str) -> dict[str, int]:
+    """The fields a size sets: size_fields('encoder', 'base') -> {'dim': 768, 'depth': 12, 'heads': 12}.
+    `part` is 'encoder' or 'decoder'; ConfigError for an unknown name."""
+    sizes = ENCODER_SIZES if part == "encoder" else DECODER_SIZES
+    if name not in sizes:
+        raise ConfigError(f"unknown {part} size {name!r}: allowed {', '.join(sizes)}")
+    return dict(zip(("dim", "depth", "heads"), sizes[name]))
+
+
+def heads_of_width(part: str, width: int) -> int | None:
+    """The heads of the encoder or decoder size of this width, None when no size has it."""
+    sizes = ENCODER_SIZES if part == "encoder" else DECODER_SIZES
+    return next((heads for dim, _, heads in sizes.values() if dim == width), None)
+
+
 _PRESET_RE = re.compile(r"^(\d+)x(\d+)p(\d+)x(\d+)$")
 
 
@@ -40,12 +56,12 @@ def parse_preset(name: str) -> tuple[int, int, int, int]:
     """'80x208p16x16' -> (F, T, pf, pt) = (80, 208, 16, 16)."""
     m = _PRESET_RE.match(name.strip())
     if not m:
-        raise ValueError(
+        raise ConfigError(
             f"unknown input preset {name!r}: expected <F>x<T>p<pf>x<pt>, "
             f"e.g. one of {', '.join(INPUT_PRESETS)}")
     n_mels, n_frames, patch_f, patch_t = map(int, m.groups())
     if min(n_mels, n_frames, patch_f, patch_t) <= 0:
-        raise ValueError(f"input preset {name!r}: every number must be positive")
+        raise ConfigError(f"input preset {name!r}: every number must be positive")
     return n_mels, n_frames, patch_f, patch_t
 
 
@@ -80,17 +96,18 @@ class EncoderConfig:
 
     def validate(self) -> None:
         if self.n_mels % self.patch_f or self.n_frames % self.patch_t:
-            raise ValueError(
-                f"patch {self.patch_f}x{self.patch_t} does not divide the input "
+            raise ConfigError(
+                f"model.encoder.patch_f, patch_t: patch {self.patch_f}x{self.patch_t} does not divide the input "
                 f"{self.n_mels}x{self.n_frames}: patch_f must divide F and patch_t must divide T")
         if self.dim % self.heads:
-            raise ValueError(f"encoder width {self.dim} is not divisible by {self.heads} heads")
+            raise ConfigError(f"model.encoder.dim: width {self.dim} is not divisible by {self.heads} heads")
         if self.dim % 4:
-            raise ValueError(f"encoder width {self.dim} must be a multiple of 4 for 2-D sin-cos positions")
+            raise ConfigError(f"model.encoder.dim: width {self.dim} must be a multiple of 4 for 2-D sin-cos positions")
         if self.qkv_bias not in QKV_BIAS_MODES:
-            raise ValueError(f"qkv_bias {self.qkv_bias!r}: allowed {QKV_BIAS_MODES}")
+            raise ConfigError(f"model.encoder.qkv_bias: {self.qkv_bias!r}, allowed {QKV_BIAS_MODES}")
         if min(self.depth, self.heads, self.dim) <= 0 or self.mlp_ratio <= 0:
-            raise ValueError("encoder depth, heads, width and mlp_ratio must be positive")
+            raise ConfigError(f"model.encoder: depth {self.depth}, heads {self.heads}, dim {self.dim} and "
+                              f"mlp_ratio {self.mlp_ratio} must be positive")
 
 
 @dataclass
@@ -108,11 +125,11 @@ class DecoderConfig:
 
     def validate(self) -> None:
         if self.dim % self.heads:
-            raise ValueError(f"decoder width {self.dim} is not divisible by {self.heads} heads")
+            raise ConfigError(f"model.decoder.dim: width {self.dim} is not divisible by {self.heads} heads")
         if self.pos not in DECODER_POS_MODES:
-            raise ValueError(f"decoder pos {self.pos!r}: allowed {DECODER_POS_MODES}")
+            raise ConfigError(f"model.decoder.pos: {self.pos!r}, allowed {DECODER_POS_MODES}")
         if self.pos == "2d" and self.dim % 4:
-            raise ValueError(f"decoder width {self.dim} must be a multiple of 4 for 2-D positions")
+            raise ConfigError(f"model.decoder.dim: width {self.dim} must be a multiple of 4 for 2-D positions")
 
 
 @dataclass
@@ -124,7 +141,8 @@ class ModelConfig:
         self.encoder.validate()
         self.decoder.validate()
         if self.decoder.official_no_cls_quirk and self.encoder.use_cls:
-            raise ValueError("official_no_cls_quirk only applies to models without CLS token")
+            raise ConfigError("model.decoder.official_no_cls_quirk: only applies to models without CLS token "
+                              "(model.encoder.use_cls: false)")
         return self
 
     def to_dict(self) -> dict:
@@ -142,16 +160,9 @@ def model_config(preset: str = "80x208p16x16", size: str = "base", decoder: str 
     `overrides` set encoder fields by name, or decoder fields with a `decoder_` prefix
     (decoder_pos='2d', decoder_norm_pix_loss=True).
     """
-    if size not in ENCODER_SIZES:
-        raise ValueError(f"unknown encoder size {size!r}: allowed {sorted(ENCODER_SIZES)}")
-    if decoder not in DECODER_SIZES:
-        raise ValueError(f"unknown decoder size {decoder!r}: allowed {sorted(DECODER_SIZES)}")
     n_mels, n_frames, patch_f, patch_t = parse_preset(preset)
-    dim, depth, heads = ENCODER_SIZES[size]
-    d_dim, d_depth, d_heads = DECODER_SIZES[decoder]
-    enc = dict(n_mels=n_mels, n_frames=n_frames, patch_f=patch_f, patch_t=patch_t,
-               dim=dim, depth=depth, heads=heads)
-    dec = dict(dim=d_dim, depth=d_depth, heads=d_heads)
+    enc = dict(n_mels=n_mels, n_frames=n_frames, patch_f=patch_f, patch_t=patch_t, **size_fields("encoder", size))
+    dec = size_fields("decoder", decoder)
     for key, value in overrides.items():
         if key.startswith("decoder_"):
             dec[key[len("decoder_"):]] = value

@@ -11,38 +11,9 @@ the clips as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import Tensor
-
-from ..schema import ConfigError, non_negative, one_of
-
-MIXUP_MODES = ("none", "waveform", "spectrogram", "both")
-
-
-@dataclass
-class AugmentConfig:
-    """Training-time augmentation; the defaults are MaskSpec's (widths as shares of the input)."""
-    mixup: str = "waveform"         # none | waveform (means removed) | spectrogram | both
-    mixup_alpha: float = 0.3        # lambda ~ Beta(a, a), then lambda = max(lambda, 1 - lambda)
-    freq_mask: float = 0.375        # widest frequency mask, share of the mel bins (MaskSpec: 48 of 128)
-    time_mask: float = 0.192        # widest time mask, share of the input frames (MaskSpec: 192 of 1000)
-    gain_db: float = 7.0            # random gain, uniform in +-gain_db
-
-    def validate(self) -> "AugmentConfig":
-        one_of("augment.mixup", self.mixup, MIXUP_MODES)
-        if self.mixup != "none" and not self.mixup_alpha > 0:
-            raise ConfigError(f"augment.mixup_alpha: expected a positive number with mixup "
-                              f"{self.mixup!r}, got {self.mixup_alpha}")
-        for name in ("freq_mask", "time_mask"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"augment.{name}: {value}, expected a share of the input in [0, 1]")
-        non_negative("augment.gain_db", self.gain_db)
-        return self
-
 
 def random_gain(waves: Tensor, gain_db: float, generator: torch.Generator) -> Tensor:
     """waves (B, S) -> each clip scaled by a gain drawn uniformly in +-gain_db dB."""

@@ -29,7 +29,6 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from .. import __version__
 from ..checkpoint import load
 from ..checkpoint.hub import reference
 from ..config import FinetuneConfig
@@ -40,6 +39,7 @@ from ..evaluation.tasks import Split, Task
 from ..files import OutputError, atomic_write_text
 from ..outputs import check_resume, claim, read_settings
 from ..schema import ConfigError
+from ..version import __version__
 from .engine import setup, split_batch
 from .finetune import FoldResult, FoldTrainer, prepare, read_result
 
