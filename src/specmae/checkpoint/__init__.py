@@ -7,9 +7,9 @@
     card.py      what `specmae push` uploads: the checkpoint, the run's figures, a model card
 """
 
-from .loader import Checkpoint, load, read
+from .loader import Checkpoint, load, read, resolve
 from .store import (CONFIG, FORMAT, LATEST, TRAIN_STATE, VERSION, WEIGHTS, CheckpointError, commit_latest, identity,
-                    load_checkpoint, load_train_state, read_config, resolve, save_checkpoint)
+                    load_checkpoint, load_train_state, read_config, save_checkpoint)
 
 __all__ = ["CONFIG", "FORMAT", "LATEST", "TRAIN_STATE", "VERSION", "WEIGHTS", "Checkpoint", "CheckpointError",
            "commit_latest", "identity", "load", "load_checkpoint", "load_model", "load_train_state", "read", "read_config",

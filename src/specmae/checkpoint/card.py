@@ -21,8 +21,8 @@ import yaml
 
 from ..files import atomic_write_text, fsync_dir, is_empty_folder, umask_mode
 from .hub import PREFIX, is_hub_name, parse_name
-from .loader import Checkpoint, load
-from .store import CONFIG, TRAIN_STATE, WEIGHTS, CheckpointError, resolve
+from .loader import Checkpoint, load, resolve
+from .store import CONFIG, TRAIN_STATE, WEIGHTS, CheckpointError
 
 FIGURES = {"loss.png": "training loss", "reconstruction.png": "reconstructions of held-out clips",
            "curves.png": "training loss and validation metric per fold", "confusion.png": "test confusion matrix"}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from .store import CONFIG, WEIGHTS, CheckpointError, check_config
 
@@ -52,7 +53,7 @@ def huggingface_hub(what: str):
     return huggingface_hub
 
 
-def fetch(name: str) -> Path:
+def fetch(name: str, check: Callable[[dict, str], object]) -> Path:
     """A `hf://` name -> the checkpoint folder in huggingface_hub's cache (config.json and weights).
 
     config.json is downloaded and checked (format, version, every section) before any weight is;
@@ -60,8 +61,6 @@ def fetch(name: str) -> Path:
     calls cannot mix them. A failed download leaves the cache as it was; the next call fetches
     what is missing.
     """
-    from .loader import parse_config
-
     repo, revision = parse_name(name)
     hub = huggingface_hub(name)
     try:
@@ -75,7 +74,7 @@ def fetch(name: str) -> Path:
             check_config(raw, f"{name}: {CONFIG}")
         except CheckpointError as e:
             raise CheckpointError(f"{e}; {name} holds {_holdings(hub, repo, revision)}") from None
-        parse_config(raw, f"{name}: {CONFIG}")
+        check(raw, f"{name}: {CONFIG}")  # every section, as the loader reads it
         hub.hf_hub_download(repo, WEIGHTS, revision=config.parent.name)  # the snapshot folder is the commit
     except CheckpointError:
         raise

@@ -29,7 +29,9 @@ from ..audio.normalize import NormStats
 from ..config import FinetuneInfo, RunConfig
 from ..schema import ConfigError
 from . import official
-from .store import CONFIG, CheckpointError, load_checkpoint, read_config, resolve
+from . import store
+from .hub import fetch, is_hub_name
+from .store import CONFIG, CheckpointError, load_checkpoint, read_config
 
 # Entries of config.json besides the run config's sections.
 META_KEYS = ("format", "version", "norm_stats", "step", "epoch", "imported", "finetune")
@@ -85,6 +87,13 @@ def parse_config(raw: dict, where: str | os.PathLike) -> Checkpoint:
     except ValueError as e:  # ConfigError and the model configs' own checks
         raise CheckpointError(f"{where}: invalid checkpoint config: {e}") from e
     return Checkpoint(Path(where), config, stats, step, epoch, raw.get("imported"), finetune=finetune)
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint directory, a run folder (its latest checkpoint), or a `hf://ORG/NAME[@REVISION]`
+    name (downloaded into huggingface_hub's cache, its config checked before any weight: hub.py)
+    -> checkpoint directory."""
+    return fetch(str(path), parse_config) if is_hub_name(path) else store.resolve(path)
 
 
 def read(path: str | os.PathLike) -> Checkpoint:

@@ -72,12 +72,8 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, a run folder (its latest checkpoint), or a `hf://ORG/NAME[@REVISION]`
-    name (downloaded into huggingface_hub's cache: hub.py) -> checkpoint directory."""
-    from .hub import fetch, is_hub_name
-
-    if is_hub_name(path):
-        return fetch(path)
+    """A checkpoint directory or a run folder (its latest checkpoint) -> checkpoint directory.
+    (`hf://` names are the loader's: loader.resolve.)"""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
