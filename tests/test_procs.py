@@ -113,7 +113,7 @@ def test_dataloader_workers_end_when_their_parent_is_killed():
 @linux
 def test_a_worker_whose_parent_is_already_gone_ends_at_once():
     # The parent died before the worker could ask to die with it: it now has another parent.
-    script = "import os, sys; from specmae.procs import die_with_parent; die_with_parent(int(sys.argv[1])); print('ran')"
+    script = "import sys; from specmae.procs import die_with_parent; die_with_parent(int(sys.argv[1])); print('ran')"
     for parent, code, out in ((os.getpid(), 0, "ran\n"), (os.getpid() + 1, 1, "")):
         run = subprocess.run([sys.executable, "-c", script, str(parent)], capture_output=True, text=True, timeout=60)
         assert (run.returncode, run.stdout) == (code, out), run.stderr
