@@ -5,8 +5,9 @@
 
 A pool's workers wait on queues whose other ends their siblings also hold, so a parent killed
 without its clean-up leaves them waiting forever, owned by init. Linux ends them at once
-(prctl PR_SET_PDEATHSIG: SIGKILL when the parent dies); elsewhere a thread in each worker
-checks its parent every POLL_SECONDS. DataLoader workers need neither: torch's own watchdog ends
+(prctl PR_SET_PDEATHSIG: SIGKILL when the parent dies); on other POSIX systems a thread in
+each worker checks every POLL_SECONDS whether it still has the same parent (an orphan is given
+another). DataLoader workers need neither: torch's own watchdog ends
 them within seconds (tests/test_procs.py checks both).
 
 The kernel signals when the *thread* that forked the worker ends, not the whole process: create
