@@ -1,5 +1,5 @@
-"""Worker processes end with their parent, whatever kills it: specmae's pools (procs.worker_pool,
-by prctl or, where that is missing, by polling) and torch's DataLoader workers."""
+"""Worker processes end with their parent, whatever kills it: specmae's process pools and
+DataLoader workers (procs.py, by prctl or, where that is missing, by polling)."""
 
 import os
 import signal
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -90,6 +91,7 @@ def test_pool_workers_end_when_their_parent_is_killed(how):
 
 DATALOADER = """
     import time, torch
+    from specmae.procs import loader_workers
 
     class Slow(torch.utils.data.Dataset):
         def __len__(self):
@@ -98,16 +100,17 @@ DATALOADER = """
             time.sleep(0.01)
             return torch.zeros(4)
 
-    for _ in torch.utils.data.DataLoader(Slow(), batch_size=None, num_workers=2):
+    for _ in torch.utils.data.DataLoader(Slow(), batch_size=None, **loader_workers(2)):
         pass
 """
 
 
 @linux
-def test_dataloader_workers_end_when_their_parent_is_killed():
-    # torch's watchdog in each worker checks its parent between items, every 5 s at most.
-    children, left = kill_and_watch_children(start(DATALOADER), 2)
-    assert len(children) == 2 and left == [], (children, left)
+def test_dataloader_workers_end_when_their_parent_is_killed_as_they_start():
+    # torch's own watchdog would watch init in a worker whose parent died before it started.
+    for _ in range(3):
+        children, left = kill_and_watch_children(start(DATALOADER), 2)
+        assert len(children) == 2 and left == [], (children, left)
 
 
 @linux
@@ -118,3 +121,11 @@ def test_a_worker_whose_parent_is_already_gone_ends_at_once():
         run = subprocess.run([sys.executable, "-c", script, str(parent)], capture_output=True, text=True, timeout=60)
         assert (run.returncode, run.stdout) == (code, out), run.stderr
 
+
+
+def test_training_reads_the_same_batches_from_worker_processes(tmp_path):
+    from specmae.training.pretrain import pretrain
+    from test_pretrain import tiny_run
+    alone = pretrain(tiny_run(epochs=1), tmp_path / "alone", progress=False).model.state_dict()
+    workers = pretrain(tiny_run(epochs=1, workers=2), tmp_path / "workers", progress=False).model.state_dict()
+    assert all(torch.equal(workers[name], value) for name, value in alone.items())

@@ -1,22 +1,24 @@
 """Worker processes that end with the process that started them, whatever ends it (kill -9 too).
 
     worker_pool(workers, initializer, initargs)   a ProcessPoolExecutor whose workers do so
+    loader_workers(workers)                       DataLoader arguments for workers that do so
     die_with_parent(parent)                       called first in a worker: end it when `parent` ends
 
 A pool's workers wait on queues whose other ends their siblings also hold, so a parent killed
 without its clean-up leaves them waiting forever, owned by init. Linux ends them at once
 (prctl PR_SET_PDEATHSIG: SIGKILL when the parent dies); on other POSIX systems a thread in
 each worker checks every POLL_SECONDS whether it still has the same parent (an orphan is given
-another). DataLoader workers need neither: torch's own watchdog ends
-them within seconds (tests/test_procs.py checks both).
+another). A DataLoader worker has torch's watchdog, but that watches whichever parent the worker
+has when it starts: after a kill during a worker's start-up, that is init, and the worker stays.
 
 The kernel signals when the *thread* that forked the worker ends, not the whole process: create
-a pool, and submit its first task, from the thread that keeps it (the main thread of a command).
+a pool, and submit its first task (iterate a DataLoader), from the thread that keeps it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import multiprocessing
 import os
 import signal
@@ -38,6 +40,19 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
     `initializer(*initargs)` after arranging that."""
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(_START),
                                initializer=_start_worker, initargs=(os.getpid(), initializer, initargs))
+
+
+def loader_workers(workers: int) -> dict:
+    """torch.utils.data.DataLoader's arguments for `workers` worker processes (0: none, batches
+    are loaded in this process) that end when this process ends."""
+    if workers <= 0:
+        return dict(num_workers=0)
+    return dict(num_workers=workers, multiprocessing_context=multiprocessing.get_context(_START),
+                worker_init_fn=functools.partial(_start_loader_worker, os.getpid()))
+
+
+def _start_loader_worker(parent: int, worker_id: int) -> None:
+    die_with_parent(parent)
 
 
 def _start_worker(parent: int, initializer: Callable | None, initargs: tuple) -> None:

@@ -39,6 +39,7 @@ from ..allocator import retain_freed_memory
 from ..checkpoint import CheckpointError, commit_latest, save_checkpoint
 from ..config import TrainConfig
 from ..precision import cpu_bf16_speedup, native_bf16
+from ..procs import loader_workers
 from ..schema import positive
 from .distributed import Dist, check_same_step, init_distributed
 from .logs import TrainLogger
@@ -223,8 +224,8 @@ class Trainer:
                 first = (self.step % self.steps_per_epoch) * self.accum
                 batches = iter(torch.utils.data.DataLoader(
                     torch.utils.data.Subset(data(epoch), range(first, self.steps_per_epoch * self.accum)),
-                    batch_size=None, num_workers=self.train.workers,
-                    pin_memory=self.env.device.type == "cuda", persistent_workers=False))
+                    batch_size=None, pin_memory=self.env.device.type == "cuda", persistent_workers=False,
+                    **loader_workers(self.train.workers)))  # they end with this process, kill -9 too
                 if first == 0:  # a run resumed mid-epoch logged the epoch's start before it stopped
                     self.logger.epoch(self.step, epoch, on_epoch_start(epoch) if on_epoch_start else {})
             started = time.perf_counter()
