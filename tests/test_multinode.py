@@ -3,6 +3,7 @@ c10d rendezvous on 127.0.0.1, gloo over TCP. Both end with the same weights; a n
 stops answering ends the other one within the timeout, with one line instead of a hang."""
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -20,6 +21,7 @@ from specmae.training.pretrain import pretrain
 
 from test_cli import TINY
 from test_pretrain import assert_ranks_trained_alike, tiny_run
+from test_procs import process_tree
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,30 +33,35 @@ def two_launchers(test):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants: torchrun starts each worker in a session of its own, so killing
-    the launcher's process group would leave the worker running."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
+    """A free port below the kernel's ephemeral range: ports the kernel picks itself (bind to port
+    0, outgoing connections, gloo's) come from that range, so none can take it before torchrun
+    binds it, as one released by a bind to port 0 could be."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.SystemRandom().randrange(max(1024, low - 8192), low)
+        with socket.socket() as s:
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
+                s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    return tree
+        return port
+    raise OSError(f"no free port among 100 tried below {low}")
+
+
+@pytest.fixture
+def busy_cpu(request):
+    """With param "busy": two processes spinning beside the test, as on a shared CI machine."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(2 if request.param == "busy" else 0)]
+    yield
+    for proc in spinners:
+        proc.kill()
+        proc.wait()
 
 
 def signal_node(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a launcher and every process below it: torchrun starts each worker in a session of
+    its own, so signalling the launcher's process group would miss the worker."""
     for pid in process_tree(proc.pid):
         try:
             os.kill(pid, sig)
@@ -92,11 +99,20 @@ def test_two_nodes_hold_identical_weights(tmp_path):
     assert_ranks_trained_alike(run)
 
 
+ONE_LINE = (r"specmae pretrain: rank [01] of 2: (?P<what>.+) failed \((?P<why>.+)\): another process or node "
+            r"stopped, or did not answer within train.dist_timeout \({timeout} s\); restart every node with "
+            r"--resume to continue from the last checkpoint")
+FAILS_IN = ("DDP's forward and backward (gradient all-reduce)", "the all-reduce of the loss",
+            "the barrier after a checkpoint")
+
+
 @two_launchers
-@pytest.mark.parametrize("fault, timeout", [("kill", 20), ("stop", 8)])
-def test_a_lost_node_ends_the_other_with_one_line(tmp_path, fault, timeout):
-    # kill -9: the peer's sockets close and the survivor fails at its next collective. SIGSTOP:
-    # a node that hangs without closing anything; only the timeout ends the wait.
+@pytest.mark.parametrize("busy_cpu", ["idle", "busy"], indirect=True)
+@pytest.mark.parametrize("fault, timeout", [("kill", 60), ("stop", 8)])
+def test_a_lost_node_ends_the_other_with_one_line(tmp_path, fault, timeout, busy_cpu):
+    # kill -9: the peer's sockets close and the survivor fails at its next collective, long before
+    # the timeout. SIGSTOP: a node that hangs without closing anything; only the timeout ends the
+    # wait. What the line says of the failure is gloo's (and differs under load), not asserted.
     run = tmp_path / "run"
     command = ["-m", "specmae.cli", "pretrain", "--out", str(run), *TINY, "--no-report", "--epochs", "100",
                "--checkpoint-every", "2", "--set", "train.builtin_clips=48", "--set", f"train.dist_timeout={timeout}"]
@@ -104,24 +120,23 @@ def test_a_lost_node_ends_the_other_with_one_line(tmp_path, fault, timeout):
         started = time.monotonic()
         while not (run / "checkpoints" / "latest").is_file():  # training runs and can be resumed
             assert survivor.poll() is None and victim.poll() is None, (tmp_path / "node0.err").read_text()[-3000:]
-            assert time.monotonic() - started < 90, "no checkpoint after 90 s"
+            assert time.monotonic() - started < 240, "no checkpoint after 240 s"
             time.sleep(0.05)
         signal_node(victim, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         lost = time.monotonic()
-        code = survivor.wait(timeout=timeout + 30)
+        code = survivor.wait(timeout=timeout + 60)
         waited = time.monotonic() - lost
     err = (tmp_path / "node0.err").read_text()
     assert code != 0
     lines = [line for line in err.splitlines() if line.startswith("specmae pretrain:")]
     assert len(lines) == 1, err[-3000:]
-    assert re.fullmatch(rf"specmae pretrain: rank [01] of 2: a collective operation failed \(.+\): another "
-                        rf"process or node stopped, or did not answer within train.dist_timeout \({timeout} s\); "
-                        r"restart every node with --resume to continue from the last checkpoint", lines[0]), lines[0]
+    line = re.fullmatch(ONE_LINE.format(timeout=timeout), lines[0])
+    assert line and line["what"] in FAILS_IN, lines[0]
     assert not any(line.startswith("[rank") for line in err.splitlines()), err[-3000:]  # no worker traceback
     if fault == "stop":
-        assert "Timed out" in lines[0] and waited >= timeout - 1, (waited, lines[0])
+        assert waited >= timeout - 1, (waited, lines[0])
     else:
-        assert waited < timeout, waited  # a closed connection is seen at once, not after the timeout
+        assert waited < timeout, (waited, lines[0])  # a closed connection is seen at once, not after the timeout
 
 
 @two_launchers
@@ -141,23 +156,35 @@ def test_nodes_resuming_from_different_run_folders_stop_at_once(tmp_path):
                          r"share", err), err[-3000:]
 
 
-def test_only_distributed_failures_become_peer_lost():
+def test_whatever_fails_inside_a_collective_is_a_lost_peer_named_by_its_place():
     from specmae.training.distributed import Dist, PeerLost
     env = Dist(rank=1, world=4, timeout=30)
-    gloo = RuntimeError("[/src/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
-                        "[10.0.0.2]:4711. This is typically caused by a remote worker crashing. GLHF!")
-    for error, torch_says in ((gloo, "Connection closed by peer [10.0.0.2]:4711"),
-                              (torch.distributed.DistStoreError("Timed out after 31 seconds waiting for clients. "
-                                                                "3/4 clients joined."),
-                               "Timed out after 31 seconds waiting for clients")):
-        with pytest.raises(PeerLost) as lost, env.collective():
+    for error, torch_says in (
+            (RuntimeError("[/src/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                          "[10.0.0.2]:4711. This is typically caused by a remote worker crashing. GLHF!"),
+             "Connection closed by peer [10.0.0.2]:4711"),
+            (RuntimeError("Application timeout caused pair closure"), "Application timeout caused pair closure"),
+            (torch.distributed.DistStoreError("Timed out after 31 seconds waiting for clients. 3/4 clients joined."),
+             "Timed out after 31 seconds waiting for clients"),
+            (torch.distributed.DistBackendError("NCCL communicator was aborted on rank 1."),
+             "NCCL communicator was aborted on rank 1"),
+            (TimeoutError(), "TimeoutError"),
+            (ConnectionResetError(104, "Connection reset by peer"), "Connection reset by peer")):
+        with pytest.raises(PeerLost) as lost, env.collective("the all-reduce of the loss"):
             raise error
-        assert str(lost.value).startswith(f"rank 1 of 4: a collective operation failed ({torch_says}): ")
-        assert "train.dist_timeout (30 s)" in str(lost.value) and lost.value.__cause__ is error
-    # A model's own error inside a step is not a lost peer: it goes through unchanged.
-    with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$") as other, env.collective():
+        assert str(lost.value) == (f"rank 1 of 4: the all-reduce of the loss failed ({torch_says}): another process "
+                                   "or node stopped, or did not answer within train.dist_timeout (30 s); restart "
+                                   "every node with --resume to continue from the last checkpoint")
+        assert lost.value.__cause__ is error
+    # Not a lost peer: running out of memory, another type of error, a PeerLost already named,
+    # anything in a run of one process.
+    for error in (torch.OutOfMemoryError("CUDA out of memory"), ValueError("bad config"), PeerLost("rank 1 of 4: x")):
+        with pytest.raises(type(error)) as other, env.collective("the all-reduce of the loss"):
+            raise error
+        assert other.value is error
+    with pytest.raises(RuntimeError) as alone, Dist().collective("a barrier"):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-    assert not isinstance(other.value, PeerLost)
+    assert not isinstance(alone.value, PeerLost)
 
 
 def test_dist_timeout_must_be_positive():

@@ -134,6 +134,17 @@ def test_kill_minus_9_then_resume_gives_the_uninterrupted_corpus(tmp_path, audio
     assert all(snapshot(cut)[k] == v for k, v in committed.items())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_kill_minus_9_of_prepare_ends_its_workers(tmp_path):
+    from test_procs import kill_and_watch_children
+    synth.write_corpus(tmp_path / "audio", 400, duration=0.5)
+    proc = subprocess.Popen([sys.executable, "-m", "specmae.cli", "prepare", str(tmp_path / "audio"),
+                             str(tmp_path / "corpus"), "--workers", "2", "--quiet"],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.DEVNULL)
+    workers, left = kill_and_watch_children(proc, 2)
+    assert len(workers) == 2 and left == [], (workers, left)
+
+
 def test_temporary_files_of_a_killed_atomic_write_are_removed_on_resume(tmp_path, audio):
     """A kill inside an atomic write of manifest.json or errors.tsv leaves .<name>.<random>.tmp."""
     full = prepare_corpus(audio, tmp_path / "full", FrontendConfig(), FRAMES, shard_bytes=SHARD)

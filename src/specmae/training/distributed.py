@@ -2,9 +2,10 @@
 
     init_distributed(timeout)   rank, world size and device from torchrun's environment; the
                                 process group (NCCL on GPUs, gloo on CPUs) on one node or many
-    Dist.collective()           communicating code; a failure because another process is gone
-                                or silent is raised as PeerLost, one line naming the rank, the
-                                timeout and --resume
+    Dist.collective(what)       code that waits for the others (a collective, the rendezvous,
+                                DDP's forward and backward); whatever fails inside it is
+                                PeerLost: one line naming what failed, the rank, the timeout
+                                and --resume
     check_same_step(...)        every process starts at the same step (one shared run folder)
 
 What launching on several nodes looks like, and what happens when one dies: docs/distributed.md.
@@ -42,37 +43,39 @@ class Dist:
     def main(self) -> bool:
         return self.rank == 0
 
-    def barrier(self) -> None:
+    def barrier(self, what: str = "a barrier") -> None:
         if self.world > 1:
-            with self.collective():
+            with self.collective(what):
                 dist.barrier()
 
     @contextlib.contextmanager
-    def collective(self):
-        """Run communicating code; a failure caused by a lost peer is raised as one-line PeerLost.
+    def collective(self, what: str):
+        """Run `what`, code that waits for the other processes (a rendezvous, a barrier, an
+        all-reduce, DDP's forward and backward); what fails inside it is raised as PeerLost.
 
-        Only distributed errors are translated: torch's DistError family (rendezvous, store and
-        NCCL failures, timeouts) and gloo's transport failures, which torch raises as plain
-        RuntimeErrors ("Connection closed by peer", "Timed out waiting ... for recv").
+        The place, not the wording, tells a lost peer: torch raises what gloo, NCCL or the
+        rendezvous store report as RuntimeError, DistError (a RuntimeError), TimeoutError or
+        ConnectionError (OSErrors), with whatever message the library chose ("Connection reset
+        by peer", "Application timeout caused pair closure", "Timed out after 31 seconds waiting
+        for clients"). Running out of memory and torch.compile's failures are not a lost peer;
+        errors of other types (a ValueError, say) go through unchanged, and in one process all do.
+        A model's own RuntimeError in DDP's forward or backward does become PeerLost, its message
+        kept in the line (`--debug` shows the traceback): DDP communicates inside both.
         """
         try:
             yield
-        except RuntimeError as e:
-            if not _lost_peer(e):
+        except (RuntimeError, OSError) as e:
+            compiler = type(e).__module__.startswith(("torch._dynamo", "torch._inductor"))  # torch.compile's
+            if self.world == 1 or compiler or isinstance(e, (PeerLost, torch.OutOfMemoryError)):
                 raise
             waits = f"{self.timeout:g} s" if self.timeout is not None else "torch's default"
-            raise PeerLost(f"rank {self.rank} of {self.world}: a collective operation failed ({_first_sentence(e)}): "
-                           f"another process or node stopped, or did not answer within train.dist_timeout "
-                           f"({waits}); restart every node with --resume to continue from the last "
-                           "checkpoint") from e
-
-
-def _lost_peer(e: BaseException) -> bool:
-    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and "gloo/transport/" in str(e))
+            raise PeerLost(f"rank {self.rank} of {self.world}: {what} failed ({_first_sentence(e)}): another "
+                           f"process or node stopped, or did not answer within train.dist_timeout ({waits}); "
+                           "restart every node with --resume to continue from the last checkpoint") from e
 
 
 def _first_sentence(e: BaseException) -> str:
-    """Torch's message without its source location ("[.../pair.cc:553] ") and advice."""
+    """The library's message without its source location ("[.../pair.cc:553] ") and advice."""
     text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(e).split()))
     return (text.split(". ")[0].rstrip(".") or type(e).__name__)[:200]
 
@@ -95,7 +98,7 @@ def init_distributed(timeout: float | None = None) -> Dist:
         device = torch.device("cpu")
     env = Dist(rank, world, device, timeout)
     if world > 1 and not dist.is_initialized():
-        with env.collective():
+        with env.collective("the rendezvous (init_process_group)"):
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                     timeout=None if timeout is None else timedelta(seconds=timeout))
     return env
@@ -105,7 +108,8 @@ def check_same_step(env: Dist, step: int, checkpoints: Path) -> None:
     """Every process must start at the same step: a node that reads another run folder (an --out
     on a node's own disk) would resume elsewhere, or not at all, and run a different schedule."""
     bounds = torch.tensor([step, -step], device=env.device)
-    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    with env.collective("the all-reduce of the processes' start steps"):
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
     first, last = -int(bounds[1]), int(bounds[0])
     if first != last:
         raise CheckpointError(f"rank {env.rank} starts at step {step} from {checkpoints}, other processes at steps "

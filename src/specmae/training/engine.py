@@ -14,7 +14,7 @@ micro-batch. The engine does the rest the same way for every recipe:
 Run a recipe directly or under `torchrun --nproc_per_node=N`: the distributed setup is read from
 torchrun's environment variables, with gloo on CPU and NCCL on GPU, on one node or many
 (distributed.py, docs/distributed.md); every collective waits at most `train.dist_timeout`
-seconds, and one that fails because another process is gone raises a one-line PeerLost. The
+seconds, and whatever fails inside one raises a one-line PeerLost that names it. The
 learning rate is set every step (linear warm-up, then half-cycle cosine) and multiplied by each
 group's `lr_scale`; gradients accumulate over micro-batches with DDP synchronising only on the
 last one; a checkpoint is committed every `checkpoint_every` steps, so a killed run resumes with
@@ -40,6 +40,7 @@ from ..allocator import retain_freed_memory
 from ..checkpoint import CheckpointError, commit_latest, save_checkpoint
 from ..config import TrainConfig
 from ..precision import cpu_bf16_speedup, native_bf16
+from ..procs import loader_workers
 from ..schema import positive
 from .distributed import Dist, check_same_step, init_distributed
 from .logs import TrainLogger
@@ -172,10 +173,9 @@ class Trainer:
             self.extras = dict(resume.train_state.get("extras", {}))
             logged = resume.train_state.get("logger")
             log.info("resumed from %s at step %d", resume.path, self.step)
-        with env.collective():
-            if env.world > 1:
-                check_same_step(env, self.step, self.checkpoints)
-            # DDP broadcasts rank 0's weights
+        if env.world > 1:
+            check_same_step(env, self.step, self.checkpoints)
+        with env.collective("DDP's broadcast of rank 0's weights"):
             self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         self.net = torch.compile(self.ddp or model) if train.compile else (self.ddp or model)
         self.logger = TrainLogger(Path(run_dir), env.main, progress, self.total_steps, self.step, resuming,
@@ -192,9 +192,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.env.device)
         for micro_step in range(self.accum):
             batch = next(batches)
-            # DDP all-reduces gradients only on the last micro-step.
+            # DDP's forward broadcasts the buffers; its backward all-reduces the gradients, on the
+            # last micro-step only.
             sync = self.ddp is None or micro_step == self.accum - 1
-            with (contextlib.nullcontext() if sync else self.ddp.no_sync()):
+            with (contextlib.nullcontext() if sync else self.ddp.no_sync()), \
+                    self.env.collective("DDP's forward and backward (gradient all-reduce)"):
                 with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.train.bf16):
                     loss = loss_fn(self.net, batch, self.step, micro_step)
                 (loss / self.accum).backward()
@@ -205,7 +207,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if self.env.world > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            with self.env.collective("the all-reduce of the loss"):
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         return (loss_sum / self.accum).item(), lr
 
     def fit(self, data: Callable[[int], torch.utils.data.Dataset], loss_fn: LossFn, max_steps: int | None = None,
@@ -233,13 +236,12 @@ class Trainer:
                 first = (self.step % self.steps_per_epoch) * self.accum
                 batches = iter(torch.utils.data.DataLoader(
                     torch.utils.data.Subset(data(epoch), range(first, self.steps_per_epoch * self.accum)),
-                    batch_size=None, num_workers=self.train.workers,
-                    pin_memory=self.env.device.type == "cuda", persistent_workers=False))
+                    batch_size=None, pin_memory=self.env.device.type == "cuda", persistent_workers=False,
+                    **loader_workers(self.train.workers)))  # they end with this process, kill -9 too
                 if first == 0:  # a run resumed mid-epoch logged the epoch's start before it stopped
                     self.logger.epoch(self.step, epoch, on_epoch_start(epoch) if on_epoch_start else {})
             started = time.perf_counter()
-            with self.env.collective():
-                loss, lr = self.train_step(batches, loss_fn)
+            loss, lr = self.train_step(batches, loss_fn)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {self.step}; "
                                          "lower the learning rate or enable clip_grad")
@@ -277,5 +279,5 @@ class Trainer:
                             dict(self.meta, step=self.step, epoch=self.step / self.steps_per_epoch), train_state)
             if name is None:
                 commit_latest(self.checkpoints, path.name, self.train.keep_checkpoints)
-        self.env.barrier()
+        self.env.barrier("the barrier after a checkpoint")
         return path

@@ -25,7 +25,6 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from ..audio import AUDIO_EXTENSIONS, AudioError, FrontendConfig, build_frontend, load_audio
+from ..procs import worker_pool
 from .corpus import FORMAT, SHARDS, VERSION, open_shards
 from .plan import Plan, plan
 from .shards import ShardWriter, discard_uncommitted, drop, existing_manifest, write_errors, write_manifest
@@ -170,7 +170,7 @@ def _log_mels(todo: list[str], frontend: FrontendConfig, max_seconds: float | No
         finally:
             torch.set_num_threads(threads)
         return
-    pool = ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,))
+    pool = worker_pool(workers, initializer=torch.set_num_threads, initargs=(1,))  # they end if this process is killed
     try:
         window: deque = deque()
         for chunk in chunks:
