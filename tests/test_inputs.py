@@ -96,9 +96,15 @@ def test_lists_of_any_lengths_and_paths(embedder, tmp_path):
 
 
 def test_a_2d_input_is_a_batch_whatever_its_shape(embedder, predictor, hear_model):
-    audio = torch.rand(16, 8) * 2 - 1   # 16 sounds of 8 samples: nothing is guessed
+    audio = torch.rand(16, 9) * 2 - 1   # 16 sounds of 9 samples: nothing is guessed
     assert embedder.embed(audio, SR).frames.shape == (16, 1, 240)
     assert predictor.predict(audio, SR).shape == (16, 3)
+    audio = torch.rand(16, 8) * 2 - 1   # what (samples, channels) looks like: refused, not transposed
+    for call in (lambda: embedder.embed(audio, SR), lambda: predictor.predict(audio, SR)):
+        with pytest.raises(ValueError, match=re.escape("audio: shape (16, 8): a batch (B, S) of 16 clips of 8 "
+                                                       "samples each; audio read as (samples, channels) is mixed")):
+            call()
+    # The HEAR contract fixes the layout: 16 sounds of 8 samples.
     assert hear.get_scene_embeddings(audio, hear_model).shape == (16, 240)
     frames, ts = hear.get_timestamp_embeddings(audio, hear_model)
     assert frames.shape == (16, 1, 240) and ts.shape == (16, 1)
@@ -191,8 +197,10 @@ MISTAKES = [
     (lambda p: (noise(0.1), "16000"), "sample_rate '16000': expected a positive whole number of Hz"),
     (lambda p: (noise(0.1), float("nan")), "sample_rate nan: expected a positive whole number of Hz"),
     (lambda p: (noise(0.1), None), "sample_rate missing: audio given as samples needs the rate they are at"),
-    (lambda p: (str(write(p / "c.wav", noise(0.1))), 16000), "sample_rate 16000 given with a file path: a file is "
-                                                             "decoded at its own rate"),
+    (lambda p: (str(write(p / "c.wav", noise(0.1), 44100)), 16000), "sample_rate 16000: {p}/c.wav is at 44100 Hz; "
+                                                                    "a file is decoded at its own rate"),
+    (lambda p: (str(write(p / "c.wav", noise(0.1))), 16000), None),   # the file's own rate: fine
+    (lambda p: (np.zeros((48000, 2), np.float32), SR), "audio: shape (48000, 2): a batch (B, S) of 48000 clips"),
     (lambda p: (str(p / "nowhere.wav"), None), "{p}/nowhere.wav: file not found"),
     (lambda p: (noise(0.4, n=1), 48000), "audio: too short, gives 0 samples at 16000 Hz"),
 ]

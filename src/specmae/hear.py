@@ -29,7 +29,7 @@ import os
 import torch
 from torch import Tensor, nn
 
-from .audio import AudioError, FrontendConfig
+from .audio import AudioError, Clips, FrontendConfig, read_clips
 from .audio.normalize import NormStats
 from .features import EMBED_OPTIONS, Embedder, load
 from .model.mae import build_mae
@@ -114,30 +114,31 @@ def load_model(model_file_path: str = "", **options) -> HearModel:
     return HearModel(embedder, timestamps).to(device)
 
 
-def _check(audio: Tensor, model: HearModel) -> Tensor:
-    """The HEAR contract's shape; the samples themselves are checked by Embedder.embed."""
+def _check(audio: Tensor, model: HearModel) -> Clips:
+    """The HEAR contract's shape, then the samples read as every entry point reads them; a 2-D
+    tensor is (n_sounds, n_samples) whatever its shape (the contract fixes it)."""
     if not isinstance(audio, Tensor) or audio.ndim != 2:
         shape = f" of shape {tuple(audio.shape)}" if hasattr(audio, "shape") else ""
         what = "a tensor" if isinstance(audio, Tensor) else f"a {type(audio).__module__}.{type(audio).__name__}"
         raise AudioError(f"audio: {what}{shape}: {CONTRACT} ({model.sample_rate} Hz)")
     if audio.device != model.device:
         model.to(audio.device)
-    return audio
+    return read_clips(audio, model.sample_rate, model.sample_rate, device=model.device, layout_fixed=True)
 
 
 @torch.no_grad()  # not inference_mode: outputs must be usable in autograd
 def get_scene_embeddings(audio: Tensor, model: HearModel) -> Tensor:
     """(n_sounds, n_samples) -> (n_sounds, scene_embedding_size) float32: mean of all frames."""
-    return model.embed(_check(audio, model), model.sample_rate).clip
+    return model.embed(_check(audio, model)).clip
 
 
 @torch.no_grad()
 def get_timestamp_embeddings(audio: Tensor, model: HearModel) -> tuple[Tensor, Tensor]:
     """(n_sounds, n_samples) -> (frames (n_sounds, n, D) float32, timestamps (n_sounds, n) ms float32)."""
-    audio = _check(audio, model)
-    out = model.embed(audio, model.sample_rate)
-    frames, stamps = out.frames, out.timestamps[0]
+    clips = _check(audio, model)
     n_sounds, n_samples = audio.shape
+    out = model.embed(clips)
+    frames, stamps = out.frames, out.timestamps[0]
     duration_ms = n_samples * 1000 / model.sample_rate
     if model.timestamp_mode == "official":
         step = n_samples / model.sample_rate / frames.shape[1] * 1000  # the wrapper's float64 arithmetic

@@ -11,9 +11,12 @@ What is accepted (the kind in brackets):
 
     (S,) array or tensor            one clip ('one')
     (B, S) array or tensor          B clips of S samples each ('batch'). A 2-D input is always
-                                    (B, S), whatever its shape: nothing is guessed. Audio read as
-                                    (samples, channels) (soundfile, scipy) is mixed first,
-                                    `wave.mean(1)`, or given as its file path.
+                                    (B, S): nothing is guessed. But clips of at most 8 samples in
+                                    a batch of more clips than that are refused: that is audio
+                                    read as (samples, channels) (soundfile, scipy), which would
+                                    otherwise run as millions of clips; mix it first,
+                                    `wave.mean(1)`, or give its file path. The HEAR API, whose
+                                    contract fixes the layout, passes `layout_fixed=True`.
     list or tuple                   clips of any lengths ('list'): each a 1-D array or tensor,
                                     or each a file path
     a file path (str, os.PathLike)  decoded by `load_audio` ('one'): mixed to mono, resampled
@@ -24,9 +27,10 @@ clip must be non-empty, finite and within MAX_ABS_SAMPLE, as decoded files are (
 
 `sample_rate` is the rate of samples given in memory, which are resampled here (soxr, as files
 are): a positive whole number of Hz (16000, 44100.0, a numpy integer; not 44100.5, not True).
-A file carries its own rate, so with paths `sample_rate` must be None: a rate beside a path is
-refused rather than guessed to mean the file's rate or the model's. A list holds samples or
-paths, not both.
+A file carries its own rate, so with paths `sample_rate` may be left out (None); a rate given
+beside a path must be the file's own (`embed("clip.wav", 16000)` for a 16 kHz file), and any
+other is refused, naming both, rather than guessed to mean a resampling. A list holds samples or
+paths, not both. `Clips` already read pass through unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 from torch import Tensor
 
@@ -45,6 +50,10 @@ from .decode import AudioError, check_waveform, load_audio, resample
 # What integer PCM is divided by to lie in [-1, 1), for the refusal's hint.
 PCM_SCALE = {"int8": "divide by 128", "uint8": "subtract 128, divide by 128", "int16": "divide by 32768",
              "int32": "divide by 2147483648"}
+
+
+# A batch of clips this short and more clips than that is audio read as (samples, channels).
+MAX_CHANNELS = 8
 
 
 @dataclass
@@ -70,22 +79,27 @@ def is_path(audio) -> bool:
 
 
 def read_clips(audio, sample_rate, rate: int, *, names: Sequence[str] | None = None,
-               device: str | torch.device | None = None, argument: str = "audio") -> Clips:
+               device: str | torch.device | None = None, argument: str = "audio",
+               layout_fixed: bool = False) -> Clips:
     """Any accepted audio (module doc) at `sample_rate` -> Clips at `rate` on `device` (None: the
     samples stay where they are; decoded and resampled ones are on the CPU).
 
     names: one per clip, for messages (default: the path, `audio` for one clip, `audio[i]`).
+    layout_fixed: the caller's contract says a 2-D input is (B, S) whatever its shape (HEAR).
     Raises AudioError (a ValueError) for the audio, ValueError for sample_rate and names.
     """
-    items, kind = _items(audio, argument)
+    if isinstance(audio, Clips):
+        if audio.sample_rate != rate:
+            raise ValueError(f"{argument}: clips read at {audio.sample_rate} Hz for a model at {rate} Hz")
+        return audio
+    items, kind = _items(audio, argument, layout_fixed)
     paths = [is_path(x) for x in items]
     if any(paths) and not all(paths):
         i = paths.index(not paths[0])
         raise AudioError(f"{argument}[{i}]: {'a file path' if paths[i] else 'samples'} in a list of "
                          f"{'file paths' if paths[0] else 'samples'}: give files and samples in separate calls")
     if paths[0] and sample_rate is not None:
-        raise ValueError(f"sample_rate {sample_rate!r} given with a file path: a file is decoded at its own "
-                         "rate and resampled to the model's; leave sample_rate out (None)")
+        _check_file_rates(items, check_sample_rate(sample_rate))
     if not paths[0]:
         if sample_rate is None:
             raise ValueError(f"sample_rate missing: {argument} given as samples needs the rate they are at "
@@ -114,7 +128,19 @@ def read_clips(audio, sample_rate, rate: int, *, names: Sequence[str] | None = N
     return Clips(waves, list(names), kind, rate)
 
 
-def _items(audio, argument: str) -> tuple[list, str]:
+def _check_file_rates(paths: list, sample_rate: int) -> None:
+    """A rate given with file paths must be each file's own: a file is decoded at its rate."""
+    for path in paths:
+        try:
+            own = sf.info(str(path)).samplerate
+        except (sf.SoundFileError, RuntimeError, TypeError, ValueError, OSError):
+            continue  # load_audio says what is wrong with the file
+        if own != sample_rate:
+            raise ValueError(f"sample_rate {sample_rate}: {path} is at {own} Hz; a file is decoded at its own "
+                             "rate and resampled to the model's: leave sample_rate out (None)")
+
+
+def _items(audio, argument: str, layout_fixed: bool = False) -> tuple[list, str]:
     """audio -> (its clips: samples or paths, kind); the clips are checked by the caller."""
     if is_path(audio):
         return [audio], "one"
@@ -131,6 +157,10 @@ def _items(audio, argument: str) -> tuple[list, str]:
     if x.ndim == 2:
         if x.shape[0] == 0:
             raise AudioError(f"{argument}: shape {tuple(x.shape)}: a batch of no clips")
+        if not layout_fixed and x.shape[1] <= MAX_CHANNELS < x.shape[0]:
+            raise AudioError(f"{argument}: shape {tuple(x.shape)}: a batch (B, S) of {x.shape[0]} clips of "
+                             f"{x.shape[1]} samples each; audio read as (samples, channels) is mixed to mono "
+                             f"first ({argument}.mean(1)) or given as its file path")
         return list(x), "batch"
     raise AudioError(f"{argument}: shape {tuple(x.shape)}: expected samples (S,), a batch (B, S) of mono clips "
                      "(mix channels first), a list of clips, or a file path")
