@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # module or a package (with everything in it); a top-level name (`specmae`) is the root package's
 # __init__ alone.
 LAYERS = [
-    ("specmae.version", "specmae.schema", "specmae.files", "specmae.outputs", "specmae.precision", "specmae.allocator"),
+    ("specmae.version", "specmae.schema", "specmae.files", "specmae.outputs", "specmae.procs", "specmae.precision", "specmae.allocator"),
     ("specmae.audio",),
     ("specmae.masking",),
     ("specmae.model",),
