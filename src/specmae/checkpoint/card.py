@@ -128,7 +128,7 @@ def _facts(ck: Checkpoint, run: Path | None, run_config: dict) -> list[str]:
              f"{enc.patch_f} x {enc.patch_t} patches."]
     if ck.finetune is not None:
         f, cfg = ck.finetune, ck.finetune.config
-        facts.append(f"- **Recipe**: fine-tuned ({f.metric}; {cfg.model.pool} pooling, {cfg.train.epochs} epochs, "
+        facts.append(f"- **Recipe**: fine-tuned ({f.metric}; {cfg.model.pool} pooling, {_count(cfg.train.epochs, 'epoch')}, "
                      f"batch {cfg.train.batch_size}, layer-wise lr decay {cfg.layer_decay:g}), kept on fold "
                      f"{f.fold or '-'}'s validation score.")
         task = _read_json(run / "report.json").get("task", {}) if run is not None else {}
@@ -143,9 +143,9 @@ def _facts(ck: Checkpoint, run: Path | None, run_config: dict) -> list[str]:
         facts.append(f"- **Recipe**: masked autoencoder, `{m.strategy}` masking of {m.ratio:.0%} of the patches, "
                      f"decoder width {c.model.decoder.dim}, depth {c.model.decoder.depth}"
                      f"{', per-patch normalised targets' if c.model.decoder.norm_pix_loss else ''}; AdamW, "
-                     f"batch {c.train.batch_size}, base lr {c.train.blr:g}, {c.train.epochs} epochs.")
+                     f"batch {c.train.batch_size}, base lr {c.train.blr:g}, {_count(c.train.epochs, 'epoch')}.")
         facts.append(f"- **Training data**: {_data(c, run)}.")
-    epoch = f" ({ck.epoch:g} epochs)" if ck.epoch is not None else ""
+    epoch = f" ({_count(ck.epoch, 'epoch')})" if ck.epoch is not None else ""
     loss = _last_loss(run / "log.jsonl") if run is not None and ck.finetune is None else None
     facts.append(f"- **Steps**: {ck.step} optimizer steps{epoch}"
                  + (f"; last logged training loss {loss:.4f}." if loss is not None else "."))
@@ -229,3 +229,7 @@ def _last_loss(log: Path) -> float | None:
         if isinstance(record, dict) and isinstance(record.get("loss"), (int, float)):
             return float(record["loss"])
     return None
+
+
+def _count(n, noun: str) -> str:
+    return f"{n:g} {noun}{'' if n == 1 else 's'}"
