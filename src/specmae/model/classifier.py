@@ -113,13 +113,18 @@ class Classifier(nn.Module):
         noise = torch.rand(batch, L, generator=generator, device=self.head.weight.device)
         return noise.argsort(dim=1)[:, :L - self.cfg.patchout].sort(dim=1).values
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x: (B, 1, F, T) normalised log-mel -> logits (B, C). In training mode, `patchout` random
-        patch tokens of each sample are dropped (drawn from `generator`); in eval mode none."""
+    def features(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x: (B, 1, F, T) normalised log-mel -> the head's input (B, D): pooled, LayerNorm'd. In
+        training mode, `patchout` random patch tokens of each sample are dropped (drawn from
+        `generator`); in eval mode none."""
         ids_keep = None
         if self.training and self.cfg.patchout:
             ids_keep = self.patchout_ids(x.shape[0], generator)
         tokens = self.encoder(x, ids_keep=ids_keep)                                # (B, [1+]n, D)
         prefix = self.encoder.num_prefix
         pooled = tokens[:, 0] if self.cfg.pool == "cls" else tokens[:, prefix:].mean(dim=1)  # (B, D)
-        return self.head(self.head_norm(pooled))
+        return self.head_norm(pooled)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x: (B, 1, F, T) normalised log-mel -> logits (B, C); see `features`."""
+        return self.head(self.features(x, generator))
