@@ -60,9 +60,9 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     ck = load(source)  # the encoder's weights are copied into each fold's classifier
     cfg = prepare(cfg, ck, task)
     splits = task.splits(cfg.train.seed, cfg.valid_fraction)
-    split_batch(cfg.train, env.world)
     smallest = min(splits, key=lambda s: len(s.train))
     cfg = cfg.for_size(len(smallest.train))
+    split_batch(cfg.train, env.world)
     if len(smallest.train) < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the {len(smallest.train)} "
                           f"training clips of {task.name} ({fold_folder(task, smallest)}); lower it")
