@@ -46,7 +46,8 @@ def recipe(name: str, smoke: bool) -> FinetuneConfig:
         cfg = FinetuneConfig()
     cfg.train.workers = 0
     if smoke:
-        cfg.train.epochs, cfg.min_steps, cfg.probe = 2, 10, "none" if name == "before" else "fast"
+        cfg.train.epochs, cfg.train.batch_size, cfg.min_steps = 2, 16, 10
+        cfg.probe = "none" if name == "before" else "fast"
     return cfg
 
 
