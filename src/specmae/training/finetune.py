@@ -2,7 +2,9 @@
 the recipe that the training engine (engine.py) runs (docs/finetuning.md).
 
 The recipe's own parts: the checks of checkpoint, task and config before anything runs; the
-classifier on the checkpoint's encoder (model/classifier.py); AdamW groups with layer-wise lr
+classifier on the checkpoint's encoder (model/classifier.py); a linear probe on the frozen
+encoder first, kept as a classifier of its own and, with LP-FT, the head fine-tuning starts from;
+AdamW groups with layer-wise lr
 decay; micro-batches of cropped task clips in an order fixed by (seed, epoch) (clips.py); per
 micro-batch the augmentations (augment.py), the checkpoint's front-end and normalisation, and
 cross-entropy or binary cross-entropy; validation after every epoch, keeping the best checkpoint;

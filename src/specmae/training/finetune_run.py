@@ -4,8 +4,10 @@
 
     RUN/config.json             the fine-tuning config ('auto' choices made), the source, the task
     RUN/<fold>/                 one run folder per fold (`model` for a single split, `fold-<name>`
-                                for k-fold): checkpoints/ with `best` kept beside the rotation,
-                                log.jsonl, tb/, result.json; its `latest` names checkpoints/best
+                                for k-fold): checkpoints/ with `best` (fine-tuned) and `probe`
+                                (the linear probe on the frozen encoder, LP-FT's start) kept beside
+                                the rotation, log.jsonl, tb/, result.json; its `latest` names the
+                                better of the two on validation (or the one `prefer` names)
     RUN/latest                  -> the kept checkpoint of the fold with the best validation score,
                                 so that `specmae.load(RUN)` and `specmae predict RUN` take it
     RUN/report.json, report.md  the test metric per fold, mean and std, beside the frozen probe's
