@@ -4,8 +4,7 @@ the recipe that the training engine (engine.py) runs (docs/finetuning.md).
 The recipe's own parts: the checks of checkpoint, task and config before anything runs; the
 classifier on the checkpoint's encoder (model/classifier.py); a linear probe on the frozen
 encoder first, kept as a classifier of its own and, with LP-FT, the head fine-tuning starts from;
-AdamW groups with layer-wise lr
-decay; micro-batches of cropped task clips in an order fixed by (seed, epoch) (clips.py); per
+AdamW groups with layer-wise lr decay; micro-batches of cropped task clips in an order fixed by (seed, epoch) (clips.py); per
 micro-batch the augmentations (augment.py), the checkpoint's front-end and normalisation, and
 cross-entropy or binary cross-entropy; validation after every epoch, keeping the best checkpoint;
 the test score of that checkpoint. Process set-up, accumulation, precision, logging and
@@ -195,7 +194,8 @@ class FoldTrainer:
             for j, w in enumerate(waves):
                 batch[j, :min(len(w), self.crop)] = w[:self.crop]
             frontend = self.ck.config.frontend
-            real = torch.tensor([frontend.num_frames(min(len(w), self.crop)) for w in waves], device=self.env.device)
+            real = torch.tensor([frontend.num_frames(min(len(w), self.crop)) for w in waves],
+                                device=self.env.device)
             x = self.inputs(torch.from_numpy(batch).to(self.env.device), real)
             out.append(self.model.features(x).float().cpu().numpy())
         return np.concatenate(out)
@@ -229,7 +229,7 @@ class FoldTrainer:
 
     def run(self, max_steps: int | None = None) -> FoldResult | None:
         trainer = self.trainer
-        if "probe_valid" not in trainer.extras:
+        if trainer.step == 0:  # a run resumed mid-way has its probe; one from before LP-FT has none
             self.linear_probe()
         trainer.fit(self.epoch_data, self.loss, max_steps, on_epoch_end=self.validate)
         if trainer.step < trainer.total_steps:
@@ -243,7 +243,8 @@ class FoldTrainer:
         ex = trainer.extras
         result = FoldResult(self.run_dir.name, str(self.run_dir), len(self.split.train), len(self.split.valid),
                             len(test), ex["best_epoch"], ex["best_step"], ex["best"],
-                            score(self.task.metric, self.y[test], probs), counts, ex["probe_valid"], ex["probe_test"])
+                            score(self.task.metric, self.y[test], probs), counts, ex.get("probe_valid"),
+                            ex.get("probe_test"))
         result.kept = kept_checkpoint(result, self.cfg.prefer)
         if self.env.main:
             # `specmae.load(run)` and `predict` take the kept checkpoint, not the last one.
