@@ -4,9 +4,9 @@ the recipe that the training engine (engine.py) runs (docs/finetuning.md).
 The recipe's own parts: the checks of checkpoint, task and config before anything runs; the
 classifier on the checkpoint's encoder (model/classifier.py); a linear probe on the frozen
 encoder first, kept as a classifier of its own and, with LP-FT, the head fine-tuning starts from;
-AdamW groups with layer-wise lr decay; micro-batches of cropped task clips in an order fixed by (seed, epoch) (clips.py); per
-micro-batch the augmentations (augment.py), the checkpoint's front-end and normalisation, and
-cross-entropy or binary cross-entropy; validation after every epoch, keeping the best checkpoint;
+AdamW groups with layer-wise lr decay; micro-batches of cropped task clips in an order fixed by
+(seed, epoch) (clips.py); per micro-batch the augmentations (augment.py), the checkpoint's
+front-end and normalisation, and cross-entropy or binary cross-entropy; validation after every epoch, keeping the best checkpoint;
 the test score of that checkpoint. Process set-up, accumulation, precision, logging and
 checkpoints are the engine's. The runner over folds, the frozen-probe comparison and the report
 are in finetune_run.py.
