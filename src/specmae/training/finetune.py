@@ -6,10 +6,10 @@ classifier on the checkpoint's encoder (model/classifier.py); a linear probe on 
 encoder first, kept as a classifier of its own and, with LP-FT, the head fine-tuning starts from;
 AdamW groups with layer-wise lr decay; micro-batches of cropped task clips in an order fixed by
 (seed, epoch) (clips.py); per micro-batch the augmentations (augment.py), the checkpoint's
-front-end and normalisation, and cross-entropy or binary cross-entropy; validation after every epoch, keeping the best checkpoint;
-the test score of that checkpoint. Process set-up, accumulation, precision, logging and
-checkpoints are the engine's. The runner over folds, the frozen-probe comparison and the report
-are in finetune_run.py.
+front-end and normalisation, and cross-entropy or binary cross-entropy; validation after every
+epoch, keeping the best checkpoint; the test score of that checkpoint. Process set-up,
+accumulation, precision, logging and checkpoints are the engine's. The runner over folds, the
+frozen-probe comparison and the report are in finetune_run.py.
 
 Randomness of a micro-batch (augmentations, Patchout, drop-path) is drawn from
 (seed, rank, step, micro-step) alone, so a run killed at any moment resumes exactly.
