@@ -356,6 +356,22 @@ def test_linear_probe_head_folded_into_the_classifier_gives_the_probes_logits():
         torch.testing.assert_close(model(x), model.features(x) @ weight.T + bias)
 
 
+def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path):
+    ck = load(random_checkpoint(tmp_path / "ck"))
+    model = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool="freq")).eval()
+    model.encoder.load_state_dict(ck.model.encoder.state_dict())
+    lms = torch.randn(2, 80, 96) * 4.5 - 8.0                  # one window of raw log-mel per clip
+    seen = []
+    model.head_norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model((lms[:, None] + 8.0) / 4.5)                      # the checkpoint's statistics
+    clip = specmae.features.embedder.from_checkpoint(ck).embed_lms(lms).clip
+    assert seen[0].shape == clip.shape == (2, 5 * 48)
+    torch.testing.assert_close(seen[0], clip, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="pool 'freq'"):
+        ClassifierConfig(pool="freq", patchout=4).check_encoder(tiny_encoder())
+
+
 def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path):
     ckpt = random_checkpoint(tmp_path / "ckpt")
     task = synth_task(120, duration=1.2)

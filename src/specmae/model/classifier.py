@@ -23,13 +23,14 @@ from ..schema import ConfigError, non_negative, one_of, positive
 from .presets import EncoderConfig
 from .vit import Encoder, sincos_2d
 
-POOLS = ("mean", "cls")
+POOLS = ("mean", "cls", "freq")
 
 
 @dataclass
 class ClassifierConfig:
     """The classifier around the encoder; every default is MaskSpec's fine-tuning recipe."""
-    pool: str = "mean"              # 'mean' of the patch tokens, or the 'cls' token
+    pool: str = "mean"              # 'mean' of the patch tokens, the 'cls' token, or 'freq': the time mean
+                                    # of each frequency row of patches, concatenated (N_F*D, the probe's)
     n_frames: int | None = None     # input width T in log-mel frames; None = the pre-training width
     drop_path: float = 0.1          # stochastic depth of the last block (linear from 0 at the first)
     patchout: int = 0               # patch tokens dropped at random from each training input
@@ -56,6 +57,9 @@ class ClassifierConfig:
                 f"{below or enc.patch_t} or {below + enc.patch_t}")
         if self.pool == "cls" and not enc.use_cls:
             raise ConfigError("model.pool: 'cls', but the pre-trained encoder has no [CLS] token; use 'mean'")
+        if self.pool == "freq" and self.patchout:
+            raise ConfigError(f"model.patchout: {self.patchout} with model.pool 'freq', which needs every patch "
+                              "of each frequency row; use patchout 0 or pool 'mean'")
         out = replace(enc, n_frames=width)
         if self.patchout >= out.num_patches:
             raise ConfigError(f"model.patchout: {self.patchout} of the {out.num_patches} patches of a "
@@ -94,8 +98,9 @@ class Classifier(nn.Module):
         self.encoder = Encoder(enc, drop_path=cfg.drop_path)
         self.encoder.pos_embed = adapt_positions(sincos_2d(enc.dim, encoder_cfg.grid, enc.use_cls),
                                                  encoder_cfg.grid, enc.grid[1], self.encoder.num_prefix)
-        self.head_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps)
-        self.head = nn.Linear(enc.dim, n_classes)
+        width = enc.dim * (enc.grid[0] if cfg.pool == "freq" else 1)
+        self.head_norm = nn.LayerNorm(width, eps=enc.norm_eps)
+        self.head = nn.Linear(width, n_classes)
         # A near-zero head starts every class at the same score, so the first steps move the
         # head, not the pre-trained encoder through large random gradients (MAE fine-tuning).
         nn.init.trunc_normal_(self.head.weight, std=cfg.head_init_std)
@@ -122,7 +127,13 @@ class Classifier(nn.Module):
             ids_keep = self.patchout_ids(x.shape[0], generator)
         tokens = self.encoder(x, ids_keep=ids_keep)                                # (B, [1+]n, D)
         prefix = self.encoder.num_prefix
-        pooled = tokens[:, 0] if self.cfg.pool == "cls" else tokens[:, prefix:].mean(dim=1)  # (B, D)
+        if self.cfg.pool == "cls":
+            pooled = tokens[:, 0]                                                  # (B, D)
+        elif self.cfg.pool == "freq":  # patches in (N_F, N_T) order, as the frozen embeddings read them
+            n_f, n_t = self.encoder.cfg.grid
+            pooled = tokens[:, prefix:].reshape(len(x), n_f, n_t, -1).mean(dim=2).flatten(1)  # (B, N_F*D)
+        else:
+            pooled = tokens[:, prefix:].mean(dim=1)                                # (B, D)
         return self.head_norm(pooled)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
