@@ -50,7 +50,7 @@ def tiny_encoder(frames: int = 96):
 def ft_config(**over) -> FinetuneConfig:
     """Small and fast: a few epochs, batch 16, no data workers, the reduced probe grid."""
     base = dict(train=dict(epochs=3, warmup_epochs=1, batch_size=16, blr=5e-2, workers=0, checkpoint_every=1000),
-                probe="fast", scale="none")
+                probe="fast", scale="none", model=dict(pool="mean"))
     for key, value in over.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return FinetuneConfig.from_dict(base)
@@ -329,7 +329,8 @@ def test_scale_auto_fits_batch_and_schedule_to_the_task_size_and_maskspec_keeps_
     maskspec = compose([read_config_file("maskspec-finetune")], FinetuneConfig)
     assert (maskspec.scale, maskspec.lp_ft) == ("none", False)
     assert maskspec.for_size(20).to_dict() == maskspec.to_dict()
-    assert maskspec.train == FinetuneConfig().train and maskspec.model == FinetuneConfig().model
+    assert maskspec.train == FinetuneConfig().train and maskspec.model == ClassifierConfig()
+    assert FinetuneConfig().model.pool == "freq"
     with pytest.raises(ConfigError, match="prefer"):
         FinetuneConfig.from_dict(dict(prefer="newest"))
 
@@ -368,8 +369,8 @@ def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path
     clip = specmae.features.embedder.from_checkpoint(ck).embed_lms(lms).clip
     assert seen[0].shape == clip.shape == (2, 5 * 48)
     torch.testing.assert_close(seen[0], clip, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ConfigError, match="pool 'freq'"):
-        ClassifierConfig(pool="freq", patchout=4).check_encoder(tiny_encoder())
+    patched = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool="freq", patchout=20)).train()
+    assert patched.features(torch.randn(2, 1, 80, 96), torch.Generator().manual_seed(0)).isfinite().all()
 
 
 def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path):

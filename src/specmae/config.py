@@ -123,7 +123,9 @@ PREFER = ("best", "finetuned", "probe")
 class FinetuneConfig:
     """A fine-tuning run (recipe: docs/finetuning.md). Front-end, statistics and encoder are the
     starting checkpoint's; what is chosen here is the classifier, augmentation and optimisation."""
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # Pooling per frequency row (the frozen probe's embedding): the mean of every patch averages
+    # away where in frequency a sound is, which a few hundred clips cannot learn back.
+    model: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(pool="freq"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=finetune_train)
     layer_decay: float = 0.75           # lr of block i (of depth) = lr * layer_decay ** (depth - i)

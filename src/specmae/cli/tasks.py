@@ -94,7 +94,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="run folder (one sub-folder per fold, report, curves)")
     p.add_argument("--config", help="YAML file of fine-tuning settings (sections model, augment, train, ...)")
     p.add_argument("--frames", type=int, help="input width in log-mel frames (default: the checkpoint's)")
-    p.add_argument("--pool", choices=["mean", "cls"], help="mean of the patch tokens (default) or [CLS]")
+    p.add_argument("--pool", choices=["mean", "cls", "freq"],
+                   help="mean of the patch tokens, [CLS], or freq: per frequency row, concatenated")
     p.add_argument("--patchout", type=int, help="patch tokens dropped at random in training (default 0)")
     p.add_argument("--mixup", choices=["none", "waveform", "spectrogram", "both"])
     p.add_argument("--epochs", type=int)

@@ -30,7 +30,7 @@ POOLS = ("mean", "cls", "freq")
 class ClassifierConfig:
     """The classifier around the encoder; every default is MaskSpec's fine-tuning recipe."""
     pool: str = "mean"              # 'mean' of the patch tokens, the 'cls' token, or 'freq': the time mean
-                                    # of each frequency row of patches, concatenated (N_F*D, the probe's)
+                                    # of each frequency row of (kept) patches, concatenated (N_F*D)
     n_frames: int | None = None     # input width T in log-mel frames; None = the pre-training width
     drop_path: float = 0.1          # stochastic depth of the last block (linear from 0 at the first)
     patchout: int = 0               # patch tokens dropped at random from each training input
@@ -57,9 +57,6 @@ class ClassifierConfig:
                 f"{below or enc.patch_t} or {below + enc.patch_t}")
         if self.pool == "cls" and not enc.use_cls:
             raise ConfigError("model.pool: 'cls', but the pre-trained encoder has no [CLS] token; use 'mean'")
-        if self.pool == "freq" and self.patchout:
-            raise ConfigError(f"model.patchout: {self.patchout} with model.pool 'freq', which needs every patch "
-                              "of each frequency row; use patchout 0 or pool 'mean'")
         out = replace(enc, n_frames=width)
         if self.patchout >= out.num_patches:
             raise ConfigError(f"model.patchout: {self.patchout} of the {out.num_patches} patches of a "
@@ -131,7 +128,12 @@ class Classifier(nn.Module):
             pooled = tokens[:, 0]                                                  # (B, D)
         elif self.cfg.pool == "freq":  # patches in (N_F, N_T) order, as the frozen embeddings read them
             n_f, n_t = self.encoder.cfg.grid
-            pooled = tokens[:, prefix:].reshape(len(x), n_f, n_t, -1).mean(dim=2).flatten(1)  # (B, N_F*D)
+            patches = tokens[:, prefix:]                                           # (B, n, D)
+            ids = ids_keep if ids_keep is not None else torch.arange(n_f * n_t, device=x.device).expand(len(x), -1)
+            rows = (ids // n_t)[..., None]                                         # (B, n, 1): each patch's row
+            sums = patches.new_zeros(len(x), n_f, patches.shape[-1]).scatter_add_(1, rows.expand_as(patches), patches)
+            counts = patches.new_zeros(len(x), n_f, 1).scatter_add_(1, rows, torch.ones_like(rows, dtype=patches.dtype))
+            pooled = (sums / counts.clamp(min=1)).flatten(1)                       # (B, N_F*D)
         else:
             pooled = tokens[:, prefix:].mean(dim=1)                                # (B, D)
         return self.head_norm(pooled)
