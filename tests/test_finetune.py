@@ -325,6 +325,7 @@ def test_scale_auto_fits_batch_and_schedule_to_the_task_size_and_maskspec_keeps_
     tiny = base.for_size(20)                         # 2 steps per epoch: stretched to 1,000 steps
     assert (tiny.train.batch_size, tiny.train.epochs, tiny.train.warmup_epochs) == (8, 500, 31.25)
     assert base.for_size(240).train.batch_size == 16
+    assert (small.augment.mixup_alpha, small.augment.time_mask) == pytest.approx((0.3 * 115 / 2000, 0.192 * 115 / 2000))
     assert base.for_size(5000).to_dict() == base.to_dict()
     maskspec = compose([read_config_file("maskspec-finetune")], FinetuneConfig)
     assert (maskspec.scale, maskspec.lp_ft) == ("none", False)

@@ -116,6 +116,7 @@ LOSSES = ("auto", "ce", "bce")
 SAMPLERS = ("auto", "uniform", "balanced")
 TASK_KINDS = ("multiclass", "multilabel", "binary")
 SCALES = ("auto", "none")
+FULL_AUGMENT_CLIPS = 2000  # scale auto: training clips from which augmentation has its full strength
 PREFER = ("best", "finetuned", "probe")
 
 
@@ -179,8 +180,10 @@ class FinetuneConfig:
     def for_size(self, n_train: int) -> "FinetuneConfig":
         """The config fitted to a task whose smallest fold trains on `n_train` clips (scale auto):
         the batch halved (not below 8) until an epoch has at least 8 steps, then epochs and warm-up
-        stretched alike to at least `min_steps` optimizer steps. A few hundred clips thus get
-        enough updates and a task of thousands keeps the recipe as given. scale none: unchanged."""
+        stretched alike to at least `min_steps` optimizer steps, and mixup alpha and the SpecAugment
+        bands scaled by n_train / FULL_AUGMENT_CLIPS (at most 1). A few hundred clips thus get
+        enough updates that augmentation does not drown; a task of thousands keeps the recipe as
+        given. scale none: unchanged."""
         out = from_dict(FinetuneConfig, self.to_dict())
         if self.scale == "none":
             return out
@@ -193,6 +196,8 @@ class FinetuneConfig:
         if t.epochs * steps < self.min_steps:
             stretch = math.ceil(self.min_steps / steps) / t.epochs
             t.epochs, t.warmup_epochs = math.ceil(self.min_steps / steps), t.warmup_epochs * stretch
+        share, a = min(1.0, n_train / FULL_AUGMENT_CLIPS), out.augment
+        a.mixup_alpha, a.freq_mask, a.time_mask = a.mixup_alpha * share, a.freq_mask * share, a.time_mask * share
         return out.validate()
 
     def to_dict(self) -> dict:
