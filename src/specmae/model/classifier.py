@@ -1,7 +1,7 @@
 """A classifier on a pre-trained encoder: the model that fine-tuning trains (docs/finetuning.md).
 
     x (B, 1, F, T) normalised log-mel --Encoder (positions adapted to T, Patchout in training)-->
-      tokens (B, [1+]n, D) --mean of the patch tokens, or [CLS]--> (B, D)
+      tokens (B, [1+]n, D) --time mean per frequency row (N_F*D), mean of the patch tokens, or [CLS]--> (B, D')
       --LayerNorm--> --Linear--> logits (B, C)
 
 The encoder is the pre-trained one, unchanged but for its input width: its fixed sin-cos
