@@ -148,9 +148,12 @@ def markdown(report: dict) -> str:
                  "encoder's pooled features, the head that LP-FT starts from; 'used' is what `specmae.load(RUN)` "
                  f"and `predict` run per fold (prefer = {c.get('prefer', 'finetuned')}).")
     m, a, tr = c["model"], c["augment"], c["train"]
-    recipe = ("MaskSpec's recipe as configured (scale none)" if c.get("scale", "none") == "none" else
-              f"the default recipe fitted to the task's size (scale auto): batch {tr['batch_size']} and at least "
-              f"{c['min_steps']} optimizer steps for {min(f['train'] for f in report['folds'])} training clips")
+    recipe = ("the train section as configured (scale none; MaskSpec's recipe is `--config maskspec-finetune`)"
+              if c.get("scale", "none") == "none" else
+              f"the default recipe fitted to the task's size (scale auto): batch {tr['batch_size']}, at least "
+              f"{c['min_steps']} optimizer steps and augmentation scaled for "
+              f"{min(f['train'] for f in report['folds'])} training clips, since MaskSpec's recipe, made for "
+              "AudioSet-scale tasks, gives a small task too few updates (`--config maskspec-finetune` runs it as is)")
     lines += ["", "## Recipe", "", f"- Ran {recipe}; "
               + ("fine-tuning starts from the linear probe's head (LP-FT)." if c.get("lp_ft") else "a new head."),
               f"- Classifier: {m['pool']} pooling + LayerNorm + Linear (init std {m['head_init_std']:g}); input "
