@@ -391,6 +391,11 @@ def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_prob
         assert torch.equal(start[name], value), name
     predictor = specmae.load(tmp_path / "run")
     assert isinstance(predictor, Predictor) and predictor.labels == list(synth.CLASSES)
+    # LP-FT: with the same (null) learning rate, fine-tuning starts from and stays at the probe's head
+    lpft = finetune(replace(cfg, lp_ft=True, probe="none"), ckpt, task, tmp_path / "lpft", progress=False)
+    assert lpft["folds"][0]["valid"] == lpft["folds"][0]["probe_valid"] == fold["probe_valid"]
+    tuned, probe = (load_checkpoint(tmp_path / "lpft" / "model" / "checkpoints" / n)[0] for n in ("best", "probe"))
+    torch.testing.assert_close(tuned["head.weight"], probe["head.weight"], atol=1e-6, rtol=0)
     # `prefer: finetuned` keeps the fine-tuned model whatever the scores
     again = finetune(replace(cfg, prefer="finetuned"), ckpt, task, tmp_path / "ft", progress=False)
     assert again["folds"][0]["kept"] == "best" and load(tmp_path / "ft").path.name == "best"
