@@ -19,7 +19,8 @@ import specmae
 from conftest import written_before
 from specmae.audio import synth
 from specmae.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
-from specmae.config import FinetuneConfig, RunConfig
+from specmae.config import FinetuneConfig, RunConfig, compose, read_config_file
+from specmae.evaluation.probe import GRIDS, train_probe
 from specmae.evaluation.tasks import Task, TaskError
 from specmae.files import OutputError
 from specmae.features.predict import Predictor
@@ -51,7 +52,7 @@ def tiny_encoder(frames: int = 96):
 def ft_config(**over) -> FinetuneConfig:
     """Small and fast: a few epochs, batch 16, no data workers, the reduced probe grid."""
     base = dict(train=dict(epochs=3, warmup_epochs=1, batch_size=16, blr=5e-2, workers=0, checkpoint_every=1000),
-                probe="fast")
+                probe="fast", scale="none", model=dict(pool="mean"))
     for key, value in over.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return FinetuneConfig.from_dict(base)
@@ -318,6 +319,89 @@ def test_resume_continues_exactly(tmp_path):
         finetune(ft_config(train=dict(epochs=4)), ckpt, task, tmp_path / "cut", resume=True, progress=False)
     with pytest.raises(OutputError, match=r"already holds a fine-tuning run \(finished folds: model\).*--resume"):
         finetune(cfg, ckpt, task, tmp_path / "full", progress=False)
+
+
+def test_scale_auto_fits_batch_and_schedule_to_the_task_size_and_maskspec_keeps_its_recipe():
+    base = FinetuneConfig()
+    small = base.for_size(115)                       # 14 steps of 8 per epoch, 80 epochs: 1,120 steps
+    assert (small.train.batch_size, small.train.epochs, small.train.warmup_epochs) == (8, 80, 5)
+    tiny = base.for_size(20)                         # 2 steps per epoch: stretched to 1,000 steps
+    assert (tiny.train.batch_size, tiny.train.epochs, tiny.train.warmup_epochs) == (8, 500, 31.25)
+    assert base.for_size(240).train.batch_size == 16
+    assert (small.augment.mixup_alpha, small.augment.time_mask) == pytest.approx((0.3 * 115 / 2000, 0.192 * 115 / 2000))
+    assert base.for_size(5000).to_dict() == base.to_dict()
+    maskspec = compose([read_config_file("maskspec-finetune")], FinetuneConfig)
+    assert (maskspec.scale, maskspec.lp_ft) == ("none", False)
+    assert maskspec.for_size(20).to_dict() == maskspec.to_dict()
+    assert maskspec.train == FinetuneConfig().train and maskspec.model == ClassifierConfig()
+    assert FinetuneConfig().model.pool == "freq"
+    with pytest.raises(ConfigError, match="prefer"):
+        FinetuneConfig.from_dict(dict(prefer="newest"))
+
+
+def test_linear_probe_head_folded_into_the_classifier_gives_the_probes_logits():
+    torch.manual_seed(0)
+    model = Classifier(tiny_encoder(), 4).eval()
+    x = torch.randn(40, 1, 80, 96)
+    y = np.arange(40) % 4
+    with torch.no_grad():
+        z = model.features(x).numpy()
+    z = z * np.linspace(0.5, 3, z.shape[1], dtype=np.float32) + 2  # standardisation must matter
+    result = train_probe(z, y, z, y, z, y, kind="multiclass", metric="accuracy", n_classes=4,
+                         config=replace(GRIDS["linear"], max_epochs=30, precision="fp32"))
+    weight, bias = result.linear_head()
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.copy_(bias)
+        ours = torch.from_numpy(z) @ weight.T + bias
+        theirs = result.head(torch.from_numpy(((z - result.mean) / result.std).astype(np.float32)))
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(theirs, torch.zeros_like(theirs))
+    with torch.no_grad():  # the classifier itself, on the unscaled features
+        torch.testing.assert_close(model(x), model.features(x) @ weight.T + bias)
+
+
+def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path):
+    ck = load(random_checkpoint(tmp_path / "ck"))
+    model = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool="freq")).eval()
+    model.encoder.load_state_dict(ck.model.encoder.state_dict())
+    lms = torch.randn(2, 80, 96) * 4.5 - 8.0                  # one window of raw log-mel per clip
+    seen = []
+    model.head_norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model((lms[:, None] + 8.0) / 4.5)                      # the checkpoint's statistics
+    clip = specmae.features.embedder.from_checkpoint(ck).embed_lms(lms).clip
+    assert seen[0].shape == clip.shape == (2, 5 * 48)
+    torch.testing.assert_close(seen[0], clip, atol=1e-4, rtol=1e-4)
+    patched = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool="freq", patchout=20)).train()
+    assert patched.features(torch.randn(2, 1, 80, 96), torch.Generator().manual_seed(0)).isfinite().all()
+
+
+def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "ckpt")
+    task = synth_task(120, duration=1.2)
+    # A learning rate of almost 0 and a new head: the fine-tuned model stays at chance.
+    cfg = ft_config(train=dict(epochs=1, blr=1e-9, min_lr=0), lp_ft=False)
+    report = finetune(cfg, ckpt, task, tmp_path / "run", progress=False)
+    fold = report["folds"][0]
+    assert fold["probe_valid"] > fold["valid"] and fold["kept"] == "probe"
+    assert report["used"]["mean"] == fold["probe_test"] == report["linear_probe"]["mean"]
+    assert "Fine-tuning lost to the frozen probe" in (tmp_path / "run" / "report.md").read_text()
+    ck = load(tmp_path / "run")
+    assert ck.path == tmp_path / "run" / "model" / "checkpoints" / "probe"
+    start = load(ckpt).model.encoder.state_dict()
+    for name, value in ck.model.encoder.state_dict().items():      # the frozen pre-trained encoder
+        assert torch.equal(start[name], value), name
+    predictor = specmae.load(tmp_path / "run")
+    assert isinstance(predictor, Predictor) and predictor.labels == list(synth.CLASSES)
+    # LP-FT: with the same (null) learning rate, fine-tuning starts from and stays at the probe's head
+    lpft = finetune(replace(cfg, lp_ft=True, probe="none"), ckpt, task, tmp_path / "lpft", progress=False)
+    assert lpft["folds"][0]["valid"] == lpft["folds"][0]["probe_valid"] == fold["probe_valid"]
+    tuned, probe = (load_checkpoint(tmp_path / "lpft" / "model" / "checkpoints" / n)[0] for n in ("best", "probe"))
+    torch.testing.assert_close(tuned["head.weight"], probe["head.weight"], atol=1e-6, rtol=0)
+    # `prefer: finetuned` keeps the fine-tuned model whatever the scores
+    again = finetune(replace(cfg, prefer="finetuned"), ckpt, task, tmp_path / "ft", progress=False)
+    assert again["folds"][0]["kept"] == "best" and load(tmp_path / "ft").path.name == "best"
 
 
 # --- bad input ----------------------------------------------------------------------------------

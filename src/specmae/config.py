@@ -10,7 +10,7 @@
       model     ClassifierConfig (model/classifier.py)  pooling, input width, drop-path, Patchout
       augment   AugmentConfig    (here)                 mixup, SpecAugment, gain (training/augment.py)
       train     TrainConfig      (here)                 with fine-tuning defaults
-      layer_decay, label_smoothing, loss, sampler, probe, valid_fraction
+      layer_decay, label_smoothing, loss, sampler, probe, valid_fraction, scale, min_steps, lp_ft, prefer
 
     ProbeConfig, GRIDS (here)  the frozen-encoder probe grids (evaluation/probe.py)
 
@@ -27,6 +27,7 @@ of a failure inside the first training step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -155,6 +156,9 @@ def finetune_train() -> TrainConfig:
 LOSSES = ("auto", "ce", "bce")
 SAMPLERS = ("auto", "uniform", "balanced")
 TASK_KINDS = ("multiclass", "multilabel", "binary")
+SCALES = ("auto", "none")
+FULL_AUGMENT_CLIPS = 2000  # scale auto: training clips from which augmentation has its full strength
+PREFER = ("best", "finetuned", "probe")
 
 # The frozen-encoder probes (evaluation/probe.py); fine-tuning names a grid for its comparison.
 PROBE_HEADS = ("linear", "mlp1", "mlp2")
@@ -212,7 +216,9 @@ GRIDS = {
 class FinetuneConfig:
     """A fine-tuning run (recipe: docs/finetuning.md). Front-end, statistics and encoder are the
     starting checkpoint's; what is chosen here is the classifier, augmentation and optimisation."""
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    # Pooling per frequency row (the frozen probe's embedding): the mean of every patch averages
+    # away where in frequency a sound is, which a few hundred clips cannot learn back.
+    model: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(pool="freq"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=finetune_train)
     layer_decay: float = 0.75           # lr of block i (of depth) = lr * layer_decay ** (depth - i)
@@ -221,6 +227,10 @@ class FinetuneConfig:
     sampler: str = "auto"               # auto: balanced for multi-label tasks, uniform otherwise
     probe: str = "full"                 # frozen-probe grid for the comparison (evaluation/probe.py), or none
     valid_fraction: float = 0.15        # share of train held out when a task has no validation part
+    scale: str = "auto"                 # auto: batch and schedule fitted to the task's size (for_size); none
+    min_steps: int = 1000               # scale auto: the schedule is stretched to at least this many steps
+    lp_ft: bool = True                  # fine-tune from the linear probe's head (LP-FT) instead of a new one
+    prefer: str = "best"                # what the run's `latest` names: best on validation, finetuned, probe
 
     def validate(self) -> "FinetuneConfig":
         self.model.validate()
@@ -235,6 +245,9 @@ class FinetuneConfig:
             raise ConfigError(f"label_smoothing: {self.label_smoothing}, expected a value in [0, 1)")
         one_of("loss", self.loss, LOSSES)
         one_of("sampler", self.sampler, SAMPLERS)
+        one_of("scale", self.scale, SCALES)
+        one_of("prefer", self.prefer, PREFER)
+        non_negative("min_steps", self.min_steps)
         one_of("probe", self.probe, tuple(GRIDS) + ("none",))
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError(f"valid_fraction: {self.valid_fraction}, expected a share in (0, 1)")
@@ -254,6 +267,29 @@ class FinetuneConfig:
         out = from_dict(FinetuneConfig, self.to_dict())
         out.loss, out.label_smoothing, out.sampler = loss, smoothing, sampler
         return out
+
+    def for_size(self, n_train: int) -> "FinetuneConfig":
+        """The config fitted to a task whose smallest fold trains on `n_train` clips (scale auto):
+        the batch halved (not below 8) until an epoch has at least 8 steps, then epochs and warm-up
+        stretched alike to at least `min_steps` optimizer steps, and mixup alpha and the SpecAugment
+        bands scaled by n_train / FULL_AUGMENT_CLIPS (at most 1). A few hundred clips thus get
+        enough updates that augmentation does not drown; a task of thousands keeps the recipe as
+        given. scale none: unchanged."""
+        out = from_dict(FinetuneConfig, self.to_dict())
+        if self.scale == "none":
+            return out
+        t = out.train
+        while t.batch_size > 8 and n_train // t.batch_size < 8 and t.batch_size % 2 == 0:
+            t.batch_size //= 2
+        if t.micro_batch is not None and t.batch_size % t.micro_batch:
+            t.micro_batch = math.gcd(t.batch_size, t.micro_batch)
+        steps = max(n_train // t.batch_size, 1)
+        if t.epochs * steps < self.min_steps:
+            stretch = math.ceil(self.min_steps / steps) / t.epochs
+            t.epochs, t.warmup_epochs = math.ceil(self.min_steps / steps), t.warmup_epochs * stretch
+        share, a = min(1.0, n_train / FULL_AUGMENT_CLIPS), out.augment
+        a.mixup_alpha, a.freq_mask, a.time_mask = a.mixup_alpha * share, a.freq_mask * share, a.time_mask * share
+        return out.validate()
 
     def to_dict(self) -> dict:
         return to_dict(self)

@@ -34,7 +34,7 @@ def finetune_config(args: argparse.Namespace):
              "train.blr": args.blr, "train.seed": args.seed, "train.workers": args.workers,
              "train.checkpoint_every": args.checkpoint_every, "model.n_frames": args.frames,
              "model.pool": args.pool, "model.patchout": args.patchout, "augment.mixup": args.mixup,
-             "probe": args.probe, "train.bf16": True if args.bf16 else None,
+             "probe": args.probe, "prefer": args.prefer, "train.bf16": True if args.bf16 else None,
              "train.compile": True if args.compile else None}
     return compose_cli(layers, flags, args.set, FinetuneConfig)
 
@@ -99,7 +99,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="run folder (one sub-folder per fold, report, curves)")
     p.add_argument("--config", help="YAML file of fine-tuning settings (sections model, augment, train, ...)")
     p.add_argument("--frames", type=int, help="input width in log-mel frames (default: the checkpoint's)")
-    p.add_argument("--pool", choices=["mean", "cls"], help="mean of the patch tokens (default) or [CLS]")
+    p.add_argument("--pool", choices=["mean", "cls", "freq"],
+                   help="mean of the patch tokens, [CLS], or freq: per frequency row, concatenated")
     p.add_argument("--patchout", type=int, help="patch tokens dropped at random in training (default 0)")
     p.add_argument("--mixup", choices=["none", "waveform", "spectrogram", "both"])
     p.add_argument("--epochs", type=int)
@@ -107,6 +108,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--micro-batch", type=int, help="per-process batch per forward (gradient accumulation)")
     p.add_argument("--blr", type=float, help="base lr; lr = blr * batch_size / 256")
     p.add_argument("--probe", help="frozen-probe grid for the comparison: full, hear, linear, fast, none")
+    p.add_argument("--prefer", choices=["best", "finetuned", "probe"],
+                   help="what the run's latest (predict, specmae.load) uses: the better on validation of the "
+                        "fine-tuned model and the linear probe on the frozen encoder (default best), or one of them")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int)

@@ -98,6 +98,21 @@ class ProbeResult:
     grid: list[GridPoint]
     test_probs: np.ndarray            # (N_test, C)
     seconds: float
+    head: nn.Module | None = None     # the chosen head (eval mode), on standardised features
+    mean: np.ndarray | None = None    # (D,) the standardisation: head input = (x - mean) / std
+    std: np.ndarray | None = None
+
+    def linear_head(self) -> tuple[Tensor, Tensor]:
+        """A linear head with the standardisation folded in: (weight (C, D), bias (C,)) such that
+        x @ weight.T + bias are the head's logits on raw features x (N, D)."""
+        if self.chosen.head != "linear":
+            raise ValueError(f"the chosen probe head is {self.chosen.head!r}, not a linear one")
+        layer = self.head[-1]
+        std = torch.as_tensor(self.std, dtype=torch.float64)
+        mean = torch.as_tensor(self.mean, dtype=torch.float64)
+        weight = layer.weight.detach().double().cpu() / std
+        bias = layer.bias.detach().double().cpu() - weight @ mean
+        return weight.float(), bias.float()
 
     def to_dict(self) -> dict:
         def point(g: GridPoint) -> dict:  # a config that never scored has no finite validation score
@@ -106,12 +121,18 @@ class ProbeResult:
                 "chosen": point(self.chosen), "grid": [point(g) for g in self.grid], "seconds": round(self.seconds, 3)}
 
 
-def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Scale every feature to zero mean and unit variance on the training part; constant
-    features are only centred."""
+def standardisation(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per feature of the training part, float64; constant features get std 1."""
     mean = train.mean(0, dtype=np.float64)
     std = train.std(0, dtype=np.float64)
     std[std < 1e-8] = 1.0
+    return mean, std
+
+
+def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Scale every feature to zero mean and unit variance on the training part; constant
+    features are only centred."""
+    mean, std = standardisation(train)
     return [((a - mean) / std).astype(np.float32) for a in (train, *others)]
 
 
@@ -206,4 +227,4 @@ def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y
     log.debug("probe: %s lr %g, epoch %d, valid %.4f (%.1f s)", chosen.head, chosen.lr, chosen.best_epoch,
               chosen.valid_score, seconds)
     return ProbeResult(metric, score(metric, y_test, test_probs), chosen.valid_score, chosen, grid,
-                       test_probs, seconds)
+                       test_probs, seconds, model, *standardisation(x_train))

@@ -1,7 +1,7 @@
 """A classifier on a pre-trained encoder: the model that fine-tuning trains (docs/finetuning.md).
 
     x (B, 1, F, T) normalised log-mel --Encoder (positions adapted to T, Patchout in training)-->
-      tokens (B, [1+]n, D) --mean of the patch tokens, or [CLS]--> (B, D)
+      tokens (B, [1+]n, D) --time mean per frequency row (N_F*D), mean of the patch tokens, or [CLS]--> (B, D')
       --LayerNorm--> --Linear--> logits (B, C)
 
 The encoder is the pre-trained one, unchanged but for its input width: its fixed sin-cos
@@ -23,13 +23,14 @@ from ..schema import ConfigError, non_negative, one_of, positive
 from .presets import EncoderConfig
 from .vit import Encoder, sincos_2d
 
-POOLS = ("mean", "cls")
+POOLS = ("mean", "cls", "freq")
 
 
 @dataclass
 class ClassifierConfig:
     """The classifier around the encoder; every default is MaskSpec's fine-tuning recipe."""
-    pool: str = "mean"              # 'mean' of the patch tokens, or the 'cls' token
+    pool: str = "mean"              # 'mean' of the patch tokens, the 'cls' token, or 'freq': the time mean
+                                    # of each frequency row of (kept) patches, concatenated (N_F*D)
     n_frames: int | None = None     # input width T in log-mel frames; None = the pre-training width
     drop_path: float = 0.1          # stochastic depth of the last block (linear from 0 at the first)
     patchout: int = 0               # patch tokens dropped at random from each training input
@@ -94,8 +95,9 @@ class Classifier(nn.Module):
         self.encoder = Encoder(enc, drop_path=cfg.drop_path)
         self.encoder.pos_embed = adapt_positions(sincos_2d(enc.dim, encoder_cfg.grid, enc.use_cls),
                                                  encoder_cfg.grid, enc.grid[1], self.encoder.num_prefix)
-        self.head_norm = nn.LayerNorm(enc.dim, eps=enc.norm_eps)
-        self.head = nn.Linear(enc.dim, n_classes)
+        width = enc.dim * (enc.grid[0] if cfg.pool == "freq" else 1)
+        self.head_norm = nn.LayerNorm(width, eps=enc.norm_eps)
+        self.head = nn.Linear(width, n_classes)
         # A near-zero head starts every class at the same score, so the first steps move the
         # head, not the pre-trained encoder through large random gradients (MAE fine-tuning).
         nn.init.trunc_normal_(self.head.weight, std=cfg.head_init_std)
@@ -113,13 +115,29 @@ class Classifier(nn.Module):
         noise = torch.rand(batch, L, generator=generator, device=self.head.weight.device)
         return noise.argsort(dim=1)[:, :L - self.cfg.patchout].sort(dim=1).values
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x: (B, 1, F, T) normalised log-mel -> logits (B, C). In training mode, `patchout` random
-        patch tokens of each sample are dropped (drawn from `generator`); in eval mode none."""
+    def features(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x: (B, 1, F, T) normalised log-mel -> the head's input (B, D): pooled, LayerNorm'd. In
+        training mode, `patchout` random patch tokens of each sample are dropped (drawn from
+        `generator`); in eval mode none."""
         ids_keep = None
         if self.training and self.cfg.patchout:
             ids_keep = self.patchout_ids(x.shape[0], generator)
         tokens = self.encoder(x, ids_keep=ids_keep)                                # (B, [1+]n, D)
         prefix = self.encoder.num_prefix
-        pooled = tokens[:, 0] if self.cfg.pool == "cls" else tokens[:, prefix:].mean(dim=1)  # (B, D)
-        return self.head(self.head_norm(pooled))
+        if self.cfg.pool == "cls":
+            pooled = tokens[:, 0]                                                  # (B, D)
+        elif self.cfg.pool == "freq":  # patches in (N_F, N_T) order, as the frozen embeddings read them
+            n_f, n_t = self.encoder.cfg.grid
+            patches = tokens[:, prefix:]                                           # (B, n, D)
+            ids = ids_keep if ids_keep is not None else torch.arange(n_f * n_t, device=x.device).expand(len(x), -1)
+            rows = (ids // n_t)[..., None]                                         # (B, n, 1): each patch's row
+            sums = patches.new_zeros(len(x), n_f, patches.shape[-1]).scatter_add_(1, rows.expand_as(patches), patches)
+            counts = patches.new_zeros(len(x), n_f, 1).scatter_add_(1, rows, torch.ones_like(rows, dtype=patches.dtype))
+            pooled = (sums / counts.clamp(min=1)).flatten(1)                       # (B, N_F*D)
+        else:
+            pooled = tokens[:, prefix:].mean(dim=1)                                # (B, D)
+        return self.head_norm(pooled)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x: (B, 1, F, T) normalised log-mel -> logits (B, C); see `features`."""
+        return self.head(self.features(x, generator))

@@ -2,13 +2,14 @@
 the recipe that the training engine (engine.py) runs (docs/finetuning.md).
 
 The recipe's own parts: the checks of checkpoint, task and config before anything runs; the
-classifier on the checkpoint's encoder (model/classifier.py); AdamW groups with layer-wise lr
-decay; micro-batches of cropped task clips in an order fixed by (seed, epoch) (clips.py); per
-micro-batch the augmentations (augment.py), the checkpoint's front-end and normalisation, and
-cross-entropy or binary cross-entropy; validation after every epoch, keeping the best checkpoint;
-the test score of that checkpoint. Process set-up, accumulation, precision, logging and
-checkpoints are the engine's. The runner over folds, the frozen-probe comparison and the report
-are in finetune_run.py.
+classifier on the checkpoint's encoder (model/classifier.py); a linear probe on the frozen
+encoder first, kept as a classifier of its own and, with LP-FT, the head fine-tuning starts from;
+AdamW groups with layer-wise lr decay; micro-batches of cropped task clips in an order fixed by
+(seed, epoch) (clips.py); per micro-batch the augmentations (augment.py), the checkpoint's
+front-end and normalisation, and cross-entropy or binary cross-entropy; validation after every
+epoch, keeping the best checkpoint; the test score of that checkpoint. Process set-up,
+accumulation, precision, logging and checkpoints are the engine's. The runner over folds, the
+frozen-probe comparison and the report are in finetune_run.py.
 
 Randomness of a micro-batch (augmentations, Patchout, drop-path) is drawn from
 (seed, rank, step, micro-step) alone, so a run killed at any moment resumes exactly.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint
 from ..checkpoint.loader import Checkpoint
-from ..config import FinetuneConfig, FinetuneInfo
+from ..config import GRIDS, FinetuneConfig, FinetuneInfo
 from ..evaluation.metrics import score
 from ..evaluation.report import confusion
 from ..evaluation.tasks import Split, Task, TaskError
@@ -90,6 +91,9 @@ class FoldResult:
     valid: float            # the task metric on the validation part, of the kept checkpoint
     test: float             # ... and on the test part
     confusion: list | None  # (C, C) test counts, rows = true class (single-label tasks)
+    probe_valid: float | None = None  # the linear-probe classifier (frozen encoder): validation and
+    probe_test: float | None = None   # test metric; None in runs made before LP-FT
+    kept: str = "best"      # the checkpoint the fold's `latest` names: best (fine-tuned) or probe
 
 
 class FoldTrainer:
@@ -174,8 +178,55 @@ class FoldTrainer:
             trainer.extras.update(best=value, best_step=trainer.step, best_epoch=epoch + 1)
             trainer.checkpoint("best")
 
+    @torch.no_grad()
+    def window_features(self, idx: np.ndarray) -> np.ndarray:
+        """(N, D) head inputs of the frozen model for task clips `idx`, each on its first window of
+        T frames (zero-padded as in training), in eval mode."""
+        self.model.eval()
+        out = []
+        for i in range(0, len(idx), EVAL_CLIPS):
+            waves = self.clips(idx[i:i + EVAL_CLIPS])
+            batch = np.zeros((len(waves), self.crop), np.float32)
+            for j, w in enumerate(waves):
+                batch[j, :min(len(w), self.crop)] = w[:self.crop]
+            frontend = self.ck.config.frontend
+            real = torch.tensor([frontend.num_frames(min(len(w), self.crop)) for w in waves],
+                                device=self.env.device)
+            x = self.inputs(torch.from_numpy(batch).to(self.env.device), real)
+            out.append(self.model.features(x).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def linear_probe(self) -> None:
+        """The LP of LP-FT: a linear head trained on the frozen encoder's features (the probe's
+        'linear' grid, standardisation folded into the head), kept as checkpoints/probe with its
+        validation and test scores, a classifier in its own right. With `lp_ft` the fine-tuning
+        starts from this head; otherwise from the new head."""
+        from ..evaluation.probe import train_probe
+        s, kind, C = self.split, self.task.kind, len(self.task.classes)
+        y = self.y if kind == "multilabel" else self.y.astype(np.int64)
+        x_tr, x_va = self.window_features(s.train), self.window_features(s.valid)
+        result = train_probe(x_tr, y[s.train], x_va, y[s.valid], x_va, y[s.valid], kind=kind,
+                             metric=self.task.metric, n_classes=C,
+                             config=replace(GRIDS["linear"], seed=self.cfg.train.seed, precision="fp32"))
+        new_head = {k: v.clone() for k, v in self.model.head.state_dict().items()}
+        weight, bias = result.linear_head()
+        with torch.no_grad():
+            self.model.head.weight.copy_(weight)
+            self.model.head.bias.copy_(bias)
+        metric = self.task.metric
+        extras = self.trainer.extras
+        extras.update(probe_valid=score(metric, self.y[s.valid], self.probabilities(s.valid)),
+                      probe_test=score(metric, self.y[s.test], self.probabilities(s.test)))
+        log.info("fold %s: linear probe, validation %s %.4f", s.name, metric, extras["probe_valid"])
+        self.trainer.checkpoint("probe")
+        if not self.cfg.lp_ft:
+            with torch.no_grad():
+                self.model.head.load_state_dict(new_head)
+
     def run(self, max_steps: int | None = None) -> FoldResult | None:
         trainer = self.trainer
+        if trainer.step == 0:  # a run resumed mid-way has its probe; one from before LP-FT has none
+            self.linear_probe()
         trainer.fit(self.epoch_data, self.loss, max_steps, on_epoch_end=self.validate)
         if trainer.step < trainer.total_steps:
             return None
@@ -185,15 +236,27 @@ class FoldTrainer:
         probs = self.probabilities(test)
         counts = None if self.task.kind == "multilabel" else \
             confusion(self.y[test], probs.argmax(1), len(self.task.classes)).tolist()
+        ex = trainer.extras
         result = FoldResult(self.run_dir.name, str(self.run_dir), len(self.split.train), len(self.split.valid),
-                            len(test), trainer.extras["best_epoch"], trainer.extras["best_step"],
-                            trainer.extras["best"], score(self.task.metric, self.y[test], probs), counts)
+                            len(test), ex["best_epoch"], ex["best_step"], ex["best"],
+                            score(self.task.metric, self.y[test], probs), counts, ex.get("probe_valid"),
+                            ex.get("probe_test"))
+        result.kept = kept_checkpoint(result, self.cfg.prefer)
         if self.env.main:
             # `specmae.load(run)` and `predict` take the kept checkpoint, not the last one.
-            atomic_write_text(self.run_dir / "latest", "checkpoints/best\n")
+            atomic_write_text(self.run_dir / "latest", f"checkpoints/{result.kept}\n")
             atomic_write_text(self.run_dir / "result.json", json.dumps(asdict(result), indent=1))
         self.env.barrier()
         return result
+
+
+def kept_checkpoint(result: FoldResult, prefer: str) -> str:
+    """'best' (the fine-tuned checkpoint kept on validation) or 'probe' (the linear probe on the
+    frozen encoder): as `prefer` says, or for 'best' the better on validation (ties: fine-tuned)."""
+    if prefer == "probe" or (prefer == "best" and result.probe_valid is not None
+                             and result.probe_valid > result.valid):
+        return "probe"
+    return "best"
 
 
 def read_result(run_dir: Path) -> FoldResult | None:

@@ -4,8 +4,10 @@
 
     RUN/config.json             the fine-tuning config ('auto' choices made), the source, the task
     RUN/<fold>/                 one run folder per fold (`model` for a single split, `fold-<name>`
-                                for k-fold): checkpoints/ with `best` kept beside the rotation,
-                                log.jsonl, tb/, result.json; its `latest` names checkpoints/best
+                                for k-fold): checkpoints/ with `best` (fine-tuned) and `probe`
+                                (the linear probe on the frozen encoder, LP-FT's start) kept beside
+                                the rotation, log.jsonl, tb/, result.json; its `latest` names the
+                                better of the two on validation (or the one `prefer` names)
     RUN/latest                  -> the kept checkpoint of the fold with the best validation score,
                                 so that `specmae.load(RUN)` and `specmae predict RUN` take it
     RUN/report.json, report.md  the test metric per fold, mean and std, beside the frozen probe's
@@ -69,8 +71,9 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     ck = load(source)  # the encoder's weights are copied into each fold's classifier
     cfg = prepare(cfg, ck, task)
     splits = task.splits(cfg.train.seed, cfg.valid_fraction)
-    split_batch(cfg.train, env.world)
     smallest = min(splits, key=lambda s: len(s.train))
+    cfg = cfg.for_size(len(smallest.train))
+    split_batch(cfg.train, env.world)
     if len(smallest.train) < cfg.train.batch_size:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is more than the {len(smallest.train)} "
                           f"training clips of {task.name} ({fold_folder(task, smallest)}); lower it")
@@ -113,7 +116,8 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
         probe = probed["tasks"][task.name]["results"][PROBE_NAME]
     report = build_report(cfg, str(source), task, splits, results, probe)
     write_report(out, report, markdown(report), report_figures(report))
-    atomic_write_text(out / "latest", f"{report['kept']}/checkpoints/best\n")
+    kept = next(r for r in results if r.name == report["kept"])
+    atomic_write_text(out / "latest", f"{kept.name}/checkpoints/{kept.kept}\n")
     return report
 
 
@@ -129,11 +133,14 @@ def build_report(cfg: FinetuneConfig, source: str, task: Task, splits: list[Spli
                  probe: dict | None) -> dict:
     """Every number of the run: per fold and over folds, fine-tuned and frozen probe."""
     folds = [dict(asdict(r), probe=probe["folds"][i]["test"] if probe else None) for i, r in enumerate(results)]
+    lp = [r.probe_test for r in results]
+    used = [r.test if r.kept == "best" else r.probe_test for r in results]
     return {"specmae": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": source,
             "task": dict(task_summary(task), notes=notes(task, splits)), "config": cfg.to_dict(),
             "chance": chance(task, splits), "folds": folds, "fine_tuned": mean_std([r.test for r in results]),
+            "linear_probe": mean_std(lp) if None not in lp else None, "used": mean_std(used),
             "frozen_probe": dict(mean_std([f["probe"] for f in folds]), grid=cfg.probe) if probe else None,
-            "kept": max(results, key=lambda r: r.valid).name}
+            "kept": max(results, key=lambda r: r.valid if r.kept == "best" else r.probe_valid).name}
 
 
 def markdown(report: dict) -> str:
@@ -143,17 +150,33 @@ def markdown(report: dict) -> str:
              f"From `{report['source']}` on {t['source']}: {t['type']}, {len(t['classes'])} classes, "
              f"{t['clips']} clips. Test {t['metric']} x 100 of the checkpoint kept on validation; the frozen "
              "probe is the same starting checkpoint's encoder, frozen, with the probe grid on the same folds.", "",
-             *table(["fold", "train / valid / test", "best epoch", "valid", "test, fine-tuned", "test, frozen probe"],
+             *table(["fold", "train / valid / test", "best epoch", "valid", "test, fine-tuned",
+                     "valid / test, linear probe", "test, frozen probe", "used"],
                     [*([f["name"], f"{f['train']} / {f['valid_clips']} / {f['test_clips']}", f["best_epoch"],
-                        f"{100 * f['valid']:.1f}", f"{100 * f['test']:.1f}",
-                        "-" if f["probe"] is None else f"{100 * f['probe']:.1f}"] for f in report["folds"]),
-                     ["**mean ± std**", "", "", "", f"**{cell(ft)}**", cell(probe)]]),
+                        f"{100 * f['valid']:.1f}", f"{100 * f['test']:.1f}", pct(f["probe_valid"], f["probe_test"]),
+                        pct(f["probe"]), "linear probe" if f["kept"] == "probe" else "fine-tuned"]
+                       for f in report["folds"]),
+                     ["**mean ± std**", "", "", "", f"**{cell(ft)}**", cell(report.get("linear_probe")), cell(probe),
+                      cell(report.get("used"))]]),
              ""]
-    gain = (f"Gain from fine-tuning: {100 * (ft['mean'] - probe['mean']):+.1f} points (probe grid '{probe['grid']}'). "
-            if probe else "No frozen probe (probe = none). ")
-    lines.append(f"{gain}Chance: {100 * report['chance']:.1f}.")
+    if probe:
+        gain = 100 * (ft["mean"] - probe["mean"])
+        lines.append(f"Gain from fine-tuning: {gain:+.1f} points (probe grid '{probe['grid']}')."
+                     + (f" **Fine-tuning lost to the frozen probe by {-gain:.1f} points.**" if gain < 0 else ""))
+    else:
+        lines.append("No frozen probe (probe = none).")
+    lines.append(f"Chance: {100 * report['chance']:.1f}. The linear probe is a linear head on the frozen starting "
+                 "encoder's pooled features, the head that LP-FT starts from; 'used' is what `specmae.load(RUN)` "
+                 f"and `predict` run per fold (prefer = {c.get('prefer', 'finetuned')}).")
     m, a, tr = c["model"], c["augment"], c["train"]
-    lines += ["", "## Recipe", "",
+    recipe = ("the train section as configured (scale none; MaskSpec's recipe is `--config maskspec-finetune`)"
+              if c.get("scale", "none") == "none" else
+              f"the default recipe fitted to the task's size (scale auto): batch {tr['batch_size']}, at least "
+              f"{c['min_steps']} optimizer steps and augmentation scaled for "
+              f"{min(f['train'] for f in report['folds'])} training clips, since MaskSpec's recipe, made for "
+              "AudioSet-scale tasks, gives a small task too few updates (`--config maskspec-finetune` runs it as is)")
+    lines += ["", "## Recipe", "", f"- Ran {recipe}; "
+              + ("fine-tuning starts from the linear probe's head (LP-FT)." if c.get("lp_ft") else "a new head."),
               f"- Classifier: {m['pool']} pooling + LayerNorm + Linear (init std {m['head_init_std']:g}); input "
               f"{m['n_frames']} frames; drop-path {m['drop_path']:g}; Patchout {m['patchout']} patches.",
               f"- AdamW {tuple(tr['betas'])}, weight decay {tr['weight_decay']:g}, layer-wise lr decay "
@@ -165,6 +188,10 @@ def markdown(report: dict) -> str:
               f"- `specmae.load(RUN)` and `specmae predict RUN` use {report['kept']}/ (the best validation score)."]
     lines += [f"- {n}" for n in t["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def pct(*values: float | None) -> str:
+    return " / ".join("-" if v is None else f"{100 * v:.1f}" for v in values)
 
 
 def report_figures(report: dict) -> list:
