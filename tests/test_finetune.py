@@ -20,7 +20,8 @@ from conftest import written_before
 from specmae.audio import synth
 from specmae.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
 from specmae.config import FinetuneConfig, RunConfig, compose, read_config_file
-from specmae.evaluation.probe import GRIDS, train_probe
+from specmae.config import GRIDS
+from specmae.evaluation.probe import train_probe
 from specmae.evaluation.tasks import Task, TaskError
 from specmae.files import OutputError
 from specmae.features.predict import Predictor
@@ -295,7 +296,8 @@ def test_multilabel_task_trains_with_bce_and_balanced_sampling(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     ckpt = random_checkpoint(tmp_path / "ckpt")
     task = synth_task(60, duration=1.2)
-    cfg = ft_config(train=dict(epochs=3, checkpoint_every=2, log_every=2), probe="none", model=dict(patchout=5))
+    cfg = ft_config(train=dict(epochs=3, checkpoint_every=2, log_every=2), probe="none", model=dict(patchout=5),
+                    lp_ft=False, prefer="finetuned")  # the recipe of runs written before those fields
     full = finetune(cfg, ckpt, task, tmp_path / "full", progress=False)
     assert finetune(cfg, ckpt, task, tmp_path / "cut", progress=False, max_steps=5) is None
 
@@ -307,7 +309,8 @@ def test_resume_continues_exactly(tmp_path):
         ("epoch", 0), (None, 2), ("validation", 2), ("epoch", 2), (None, 4), ("validation", 4),
         ("epoch", 4), (None, 6), ("validation", 6)]
     assert [(r.get("event"), r["step"]) for r in logged(tmp_path / "cut")][-2:] == [("epoch", 4), (None, 5)]
-    written_before(tmp_path / "cut", "decay_tokens")  # a run started before the field resumes as it was
+    for field in ("decay_tokens", "scale", "min_steps", "lp_ft", "prefer"):  # a run started before the
+        written_before(tmp_path / "cut", field)                              # fields resumes as it was
     resumed = finetune(cfg, ckpt, task, tmp_path / "cut", resume=True, progress=False)
     assert resumed["folds"][0]["test"] == full["folds"][0]["test"]
     a, b = load(tmp_path / "full"), load(tmp_path / "cut")

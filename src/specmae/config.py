@@ -159,6 +159,9 @@ TASK_KINDS = ("multiclass", "multilabel", "binary")
 SCALES = ("auto", "none")
 FULL_AUGMENT_CLIPS = 2000  # scale auto: training clips from which augmentation has its full strength
 PREFER = ("best", "finetuned", "probe")
+# Fields added to FinetuneConfig since fine-tuning runs were first written, with the values those
+# runs trained with: a stored config.json without them reads as its own recipe (FinetuneConfig.stored).
+ADDED_SINCE = {"scale": "none", "lp_ft": False, "prefer": "finetuned"}
 
 # The frozen-encoder probes (evaluation/probe.py); fine-tuning names a grid for its comparison.
 PROBE_HEADS = ("linear", "mlp1", "mlp2")
@@ -252,6 +255,12 @@ class FinetuneConfig:
         if not 0.0 < self.valid_fraction < 1.0:
             raise ConfigError(f"valid_fraction: {self.valid_fraction}, expected a share in (0, 1)")
         return self
+
+    @classmethod
+    def stored(cls, data) -> "FinetuneConfig":
+        """A fine-tuning config as a run recorded it: a field the run predates (ADDED_SINCE) takes
+        the value the run trained with, not today's default."""
+        return cls.from_dict({**ADDED_SINCE, **data} if isinstance(data, dict) else data)
 
     def for_task(self, kind: str) -> "FinetuneConfig":
         """The config with its 'auto' choices made for a task of `kind`; ConfigError when an option

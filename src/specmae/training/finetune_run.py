@@ -86,7 +86,7 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     out = claimed.path
     if claimed.resumes and (stored := read_settings(out / "config.json")) is not None:
         try:  # read as a FinetuneConfig: a field added since the run started takes the value it had then
-            stored["finetune"] = FinetuneConfig.from_dict(stored.get("finetune")).to_dict()
+            stored["finetune"] = FinetuneConfig.stored(stored.get("finetune")).to_dict()
         except ConfigError as e:
             raise ConfigError(f"{out / 'config.json'}: {e}") from e
         check_resume(out, out / "config.json", stored, run_config)
