@@ -10,9 +10,11 @@ moves it aside on `--overwrite` (`move_aside`, never deleting) is outputs.py's, 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -69,6 +71,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, replace: bool = False):
+    """Build a folder under a temporary name beside `path` (yielded), then rename it into place, so
+    that readers and a crash see what was there or the whole new folder (checkpoints, `push`).
+
+    Its files are made shareable (umask) and fsynced first. An existing `path` is replaced when
+    `replace` (a checkpoint written again); otherwise only an empty folder may be there, and
+    anything else makes the rename fail: nothing is written over. On any error the temporary
+    folder is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private; an output is shared like any other
+        yield tmp
+        for f in tmp.iterdir():
+            f.chmod(umask_mode())
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        if replace and path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if is_empty_folder(path):
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # Tables of file names (errors.tsv, a prepared corpus's sources tables): one row per line, fields

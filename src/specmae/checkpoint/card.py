@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import yaml
 
-from ..files import atomic_write_text, fsync_dir, is_empty_folder, umask_mode
+from ..files import atomic_folder
 from .hub import PREFIX, is_hub_name, parse_name
 from .loader import Checkpoint, load, resolve
 from .store import CONFIG, TRAIN_STATE, WEIGHTS, CheckpointError
@@ -49,22 +48,12 @@ def stage(source: str | os.PathLike, out: str | os.PathLike, repo: str, *, revis
         files.append(folder / TRAIN_STATE)
     figures = [run / name for name in FIGURES if run is not None and (run / name).is_file()]
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        tmp.chmod(umask_mode(0o777))
+    with atomic_folder(out) as tmp:
         for f in files + figures:
             shutil.copyfile(f, tmp / f.name)
         card = model_card(ck, repo, revision=revision, run=run, license=license, base_model=base_model,
                           reports=[_read_report(r) for r in reports], figures=[f.name for f in figures])
-        atomic_write_text(tmp / "README.md", card)
-        if is_empty_folder(out):  # anything else there makes the rename fail: nothing is written over
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "README.md").write_text(card)
     return out
 
 

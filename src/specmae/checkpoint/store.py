@@ -18,13 +18,12 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..files import atomic_write_text, fsync_dir, umask_mode
+from ..files import atomic_folder, atomic_write_text
 
 FORMAT = "specmae-checkpoint"
 VERSION = 1
@@ -40,35 +39,14 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, state_dict: dict, config: dict,
                     train_state: dict | None = None) -> Path:
-    """Write a checkpoint directory atomically; an existing one at `path` is replaced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        tmp.chmod(umask_mode(0o777))  # mkdtemp makes it private; a checkpoint is shared like any output
+    """Write a checkpoint directory atomically (files.atomic_folder); an existing one at `path` is replaced."""
+    with atomic_folder(path, replace=True) as tmp:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         (tmp / CONFIG).write_text(json.dumps({"format": FORMAT, "version": VERSION, **config}, indent=1))
         if train_state is not None:
             torch.save(train_state, tmp / TRAIN_STATE)
-        for f in tmp.iterdir():
-            f.chmod(umask_mode())
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def resolve(path: str | os.PathLike) -> Path:
