@@ -85,9 +85,11 @@ def training_step(model, x: torch.Tensor, ratio: float, bf16: bool, compile: boo
     bf16 autocast, fused AdamW) with the recipe's loss (random masks drawn from a seeded generator
     outside autocast, MSE on the masked patches), on the batch `x` every time.
 
-    -> (step closure for `timeit`, the Trainer). The Trainer's log folder is a temporary one.
+    -> (step closure for `timeit`, the Trainer). The Trainer's log folder is removed at exit.
     """
+    import atexit
     import itertools
+    import shutil
     import tempfile
 
     from specmae.config import TrainConfig
@@ -98,6 +100,7 @@ def training_step(model, x: torch.Tensor, ratio: float, bf16: bool, compile: boo
     train = TrainConfig(batch_size=x.shape[0], bf16=bf16, compile=compile, workers=0)
     env = Dist(device=x.device)
     run_dir = tempfile.mkdtemp(prefix="bench_step_")
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
     trainer = Trainer(model, param_groups(model, train), train, env, steps_per_epoch=1000,
                       run_dir=run_dir, progress=False)
     masker = Masker(MaskingConfig(ratio=ratio), model.cfg.encoder.grid, encoder=model.encoder)
