@@ -58,7 +58,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = MaskedAutoencoder(cfg).to(device)
     run_dir = tempfile.mkdtemp(prefix="bench_engine_")
-    trainer = Trainer(model, param_groups(model, train.weight_decay), train, Dist(), steps_per_epoch=1000,
+    trainer = Trainer(model, param_groups(model, train), train, Dist(), steps_per_epoch=1000,
                       run_dir=run_dir, progress=False)
     model.train()
     masker = Masker(masking, cfg.encoder.grid, encoder=model.encoder)

@@ -20,7 +20,6 @@ import torch
 from common import load_average, machine, timeit, training_step
 from specmae.model.mae import MaskedAutoencoder
 from specmae.masking import PATTERNS, Masker, MaskingConfig, hint_ratio
-from specmae.training.engine import param_groups
 from specmae.model.presets import model_config
 
 STRATEGIES = {
@@ -67,10 +66,9 @@ def main() -> None:
     grid = cfg.encoder.grid
     torch.manual_seed(0)
     model = MaskedAutoencoder(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95), fused=True)
     x = torch.randn(args.batch, 1, cfg.encoder.n_mels, cfg.encoder.n_frames, device=device)
     generator = torch.Generator(device).manual_seed(0)
-    step = training_step(model, optimizer, x, args.mask_ratio, bf16, generator)
+    step, _ = training_step(model, x, args.mask_ratio, bf16)
 
     print(f"machine: {machine()}; load average before: {load_average():.2f}")
     print(f"model: {args.size} {args.preset} (grid {grid[0]}x{grid[1]}), batch {args.batch}, "

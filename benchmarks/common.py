@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import statistics
@@ -11,7 +10,6 @@ import time
 import torch
 
 from specmae.allocator import retain_freed_memory
-from specmae.masking import random_masking
 from specmae.model.presets import ModelConfig
 
 # Measure what `specmae` commands run: they keep freed memory in the process (allocator.py).
@@ -82,20 +80,36 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, 
     return 2 * n ** 3 / best
 
 
-def training_step(model, optimizer, x: torch.Tensor, ratio: float, bf16: bool, generator: torch.Generator):
-    """One pre-training step as the training loop runs it: random masks, forward (optionally
-    under bf16 autocast), backward, optimizer step. Returns it as a closure for `timeit`."""
-    device = x.device
+def training_step(model, x: torch.Tensor, ratio: float, bf16: bool, compile: bool = False):
+    """One pre-training step as `specmae pretrain` runs it: `Trainer.train_step` (lr schedule,
+    bf16 autocast, fused AdamW) with the recipe's loss (random masks drawn from a seeded generator
+    outside autocast, MSE on the masked patches), on the batch `x` every time.
 
-    def step():
-        ids = random_masking(x, model.cfg.encoder.grid, ratio, generator)
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
-            loss, _, _ = model(x, ratio, ids_shuffle=ids)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    -> (step closure for `timeit`, the Trainer). The Trainer's log folder is removed at exit.
+    """
+    import atexit
+    import itertools
+    import shutil
+    import tempfile
+
+    from specmae.config import TrainConfig
+    from specmae.masking import Masker, MaskingConfig
+    from specmae.training.engine import Dist, Trainer, param_groups
+    from specmae.training.pretrain import reconstruction_loss, seeded_masks
+
+    train = TrainConfig(batch_size=x.shape[0], bf16=bf16, compile=compile, workers=0)
+    env = Dist(device=x.device)
+    run_dir = tempfile.mkdtemp(prefix="bench_step_")
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
+    trainer = Trainer(model, param_groups(model, train), train, env, steps_per_epoch=1000,
+                      run_dir=run_dir, progress=False)
+    masker = Masker(MaskingConfig(ratio=ratio), model.cfg.encoder.grid, encoder=model.encoder)
+    masks = seeded_masks(masker, train.seed, env.rank, trainer.steps_per_epoch, train.epochs, x.device)
+    zero, one = torch.zeros((), device=x.device), torch.ones((), device=x.device)
+    loss = reconstruction_loss(masks, ratio, zero, one)
+    batches = itertools.repeat(x)
+    model.train()
+    return (lambda: trainer.train_step(batches, loss)), trainer
 
 
 def _blocks_flops(tokens: int, dim: int, depth: int, mlp_ratio: float) -> float:
