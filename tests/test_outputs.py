@@ -16,7 +16,8 @@ from test_adversarial import FIXTURES, OFFICIAL, TINY_RUN, run_cli, snapshot
 
 pytest.importorskip("matplotlib")
 
-FINETUNE = ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--probe", "none", "--quiet"]
+FINETUNE = ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--probe", "none", "--quiet",
+            "--set", "scale=none"]
 VISUALIZE = ["--draws", "1", "--strategies", "random", "--no-sweep", "--no-patterns", "--no-audio"]
 
 # Every command that writes: its argv with {out} for the output, and the suffix of an output file ("": a folder).
