@@ -373,7 +373,7 @@ def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path
     model.head_norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     with torch.no_grad():
         model((lms[:, None] + 8.0) / 4.5)                      # the checkpoint's statistics
-    clip = specmae.features.predict.from_checkpoint(ck).embed_lms(lms).clip
+    clip = specmae.features.Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats).embed_lms(lms).clip
     assert seen[0].shape == clip.shape == (2, 5 * 48)
     torch.testing.assert_close(seen[0], clip, atol=1e-4, rtol=1e-4)
     patched = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool="freq", patchout=20)).train()
