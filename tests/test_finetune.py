@@ -457,6 +457,8 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match="model.n_frames: 100 frames"):
         finetune(ft_config(model=dict(n_frames=100)), ckpt, task, out, progress=False)
+    with pytest.raises(ConfigError, match="model.head: 'mlp1'; fine-tuning trains a linear head"):
+        finetune(ft_config(model=dict(head="mlp1")), ckpt, task, out, progress=False)
     with pytest.raises(ConfigError, match=r"train.batch_size: 64 is more than the \d+ training clips of synth"):
         finetune(ft_config(train=dict(batch_size=64)), ckpt, task, out, progress=False)
     multi = Task.from_arrays("multi", task.waves[:20], [["harmonic", "vowel_a"]] * 10 + [["harmonic"]] * 10,
