@@ -20,7 +20,7 @@ from conftest import written_before
 from specmae.audio import synth
 from specmae.checkpoint import CheckpointError, load, load_checkpoint, save_checkpoint
 from specmae.config import FinetuneConfig, RunConfig, compose, read_config_file
-from specmae.config import GRIDS
+from specmae.config import GRIDS, FinetuneInfo
 from specmae.evaluation.probe import train_probe
 from specmae.evaluation.tasks import Task, TaskError
 from specmae.files import OutputError
@@ -362,6 +362,39 @@ def test_linear_probe_head_folded_into_the_classifier_gives_the_probes_logits():
     assert not torch.allclose(theirs, torch.zeros_like(theirs))
     with torch.no_grad():  # the classifier itself, on the unscaled features
         torch.testing.assert_close(model(x), model.features(x) @ weight.T + bias)
+    model.load_probe_head(result.head, result.mean, result.std)   # the same fold, as fine-tuning does it
+    torch.testing.assert_close(model.head.weight, weight, atol=1e-6, rtol=1e-6)
+
+
+def test_an_mlp_probe_head_in_the_classifier_gives_the_probes_outputs_and_round_trips(tmp_path):
+    ck = load(random_checkpoint(tmp_path / "ck"))
+    grid = replace(GRIDS["full"], heads=("mlp1",), hidden=32, max_epochs=30, precision="fp32")
+    cfg = ClassifierConfig(pool="freq", head="mlp1", head_hidden=32, n_frames=96)
+    model = Classifier(ck.config.model.encoder, 4, cfg).eval()
+    model.encoder.load_state_dict(ck.model.encoder.state_dict())
+    x = torch.randn(40, 1, 80, 96)
+    y = np.arange(40) % 4
+    with torch.no_grad():
+        z = model.features(x).numpy()
+    result = train_probe(z, y, z, y, z, y, kind="multiclass", metric="accuracy", n_classes=4, config=grid)
+    bn = result.head[1]
+    assert result.chosen.head == "mlp1" and not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    model.load_probe_head(result.head, result.mean, result.std)
+    with torch.no_grad():
+        theirs = result.head(torch.from_numpy(((z - result.mean) / result.std).astype(np.float32)))
+        torch.testing.assert_close(model(x), theirs, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(torch.softmax(theirs, -1).numpy(), result.test_probs, atol=1e-4)
+    with pytest.raises(ValueError, match="does not fit this classifier's linear head"):
+        Classifier(ck.config.model.encoder, 4, replace(cfg, head="linear")).load_probe_head(
+            result.head, result.mean, result.std)
+    # saved as fine-tuning saves checkpoints/probe: the config names the head, checkpoint.load rebuilds it
+    info = FinetuneInfo(["a", "b", "c", "d"], "multiclass", "accuracy", FinetuneConfig(model=cfg), "t", "model")
+    meta = {k: v for k, v in ck.to_json().items() if k not in ("step", "epoch")}
+    save_checkpoint(tmp_path / "probe", model.state_dict(), dict(meta, finetune=info.to_dict(), step=0, epoch=0.0))
+    predictor = specmae.load(tmp_path / "probe")
+    assert isinstance(predictor, Predictor) and predictor.classifier.cfg.head == "mlp1"
+    probs = predictor.predict_lms(list(x[:, 0]))
+    torch.testing.assert_close(probs, torch.softmax(theirs, -1), atol=1e-4, rtol=1e-4)
 
 
 def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path):
@@ -383,28 +416,36 @@ def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path
 def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path):
     ckpt = random_checkpoint(tmp_path / "ckpt")
     task = synth_task(120, duration=1.2)
-    # A learning rate of almost 0 and a new head: the fine-tuned model stays at chance.
-    cfg = ft_config(train=dict(epochs=1, blr=1e-9, min_lr=0), lp_ft=False)
+    # A learning rate of almost 0 and a new head: the fine-tuned model stays at chance. The 'hear'
+    # grid has MLP heads only, so the probe classifier is an MLP on the frozen encoder.
+    cfg = ft_config(train=dict(epochs=1, blr=1e-9, min_lr=0), lp_ft=False, probe="hear")
     report = finetune(cfg, ckpt, task, tmp_path / "run", progress=False)
     fold = report["folds"][0]
-    assert fold["probe_valid"] > fold["valid"] and fold["kept"] == "probe"
-    assert report["used"]["mean"] == fold["probe_test"] == report["linear_probe"]["mean"]
-    assert "Fine-tuning lost to the frozen probe" in (tmp_path / "run" / "report.md").read_text()
+    assert fold["probe_valid"] > fold["valid"] and fold["kept"] == "probe" and fold["probe_head"] in ("mlp1", "mlp2")
+    assert report["used"]["mean"] == fold["probe_test"] == report["probe_classifier"]["mean"]
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "Fine-tuning lost to the frozen probe" in text and f"probe classifier ({fold['probe_head']})" in text
     ck = load(tmp_path / "run")
     assert ck.path == tmp_path / "run" / "model" / "checkpoints" / "probe"
+    assert ck.finetune.config.model.head == fold["probe_head"] and ck.finetune.config.model.head_hidden == 1024
     start = load(ckpt).model.encoder.state_dict()
     for name, value in ck.model.encoder.state_dict().items():      # the frozen pre-trained encoder
         assert torch.equal(start[name], value), name
     predictor = specmae.load(tmp_path / "run")
     assert isinstance(predictor, Predictor) and predictor.labels == list(synth.CLASSES)
+    assert predictor.classifier.cfg.head == fold["probe_head"]
     # LP-FT: with the same (null) learning rate, fine-tuning starts from and stays at the probe's head
     lpft = finetune(replace(cfg, lp_ft=True, probe="none"), ckpt, task, tmp_path / "lpft", progress=False)
-    assert lpft["folds"][0]["valid"] == lpft["folds"][0]["probe_valid"] == fold["probe_valid"]
+    assert lpft["folds"][0]["probe_head"] == "linear"
+    assert lpft["folds"][0]["valid"] == lpft["folds"][0]["probe_valid"]
     tuned, probe = (load_checkpoint(tmp_path / "lpft" / "model" / "checkpoints" / n)[0] for n in ("best", "probe"))
     torch.testing.assert_close(tuned["head.weight"], probe["head.weight"], atol=1e-6, rtol=0)
-    # `prefer: finetuned` keeps the fine-tuned model whatever the scores
-    again = finetune(replace(cfg, prefer="finetuned"), ckpt, task, tmp_path / "ft", progress=False)
+    # `prefer: finetuned` keeps the fine-tuned model whatever the scores; with LP-FT and an MLP
+    # winner, fine-tuning starts from the 'linear' grid's head (a new head would be near 0)
+    again = finetune(replace(cfg, prefer="finetuned", lp_ft=True), ckpt, task, tmp_path / "ft", progress=False)
     assert again["folds"][0]["kept"] == "best" and load(tmp_path / "ft").path.name == "best"
+    tuned = load_checkpoint(tmp_path / "ft" / "model" / "checkpoints" / "best")[0]
+    torch.testing.assert_close(tuned["head.weight"], probe["head.weight"], atol=1e-6, rtol=0)
 
 
 # --- bad input ----------------------------------------------------------------------------------
@@ -416,6 +457,8 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match="model.n_frames: 100 frames"):
         finetune(ft_config(model=dict(n_frames=100)), ckpt, task, out, progress=False)
+    with pytest.raises(ConfigError, match="model.head: 'mlp1'; fine-tuning trains a linear head"):
+        finetune(ft_config(model=dict(head="mlp1")), ckpt, task, out, progress=False)
     with pytest.raises(ConfigError, match=r"train.batch_size: 64 is more than the \d+ training clips of synth"):
         finetune(ft_config(train=dict(batch_size=64)), ckpt, task, out, progress=False)
     multi = Task.from_arrays("multi", task.waves[:20], [["harmonic", "vowel_a"]] * 10 + [["harmonic"]] * 10,

@@ -2,7 +2,11 @@
 
     x (B, 1, F, T) normalised log-mel --Encoder (positions adapted to T, Patchout in training)-->
       tokens (B, [1+]n, D) --time mean per frequency row (N_F*D), mean of the patch tokens, or [CLS]--> (B, D')
-      --LayerNorm--> --Linear--> logits (B, C)
+      --LayerNorm--> --head--> logits (B, C)
+
+The head is a Linear (fine-tuning's), or the MLP that a probe grid chose on the frozen features
+(`head` 'mlp1' / 'mlp2', kept as checkpoints/probe): Linear -> ReLU per hidden layer, then a
+Linear, with the probe's standardisation and eval-mode BatchNorm folded into its Linears.
 
 The encoder is the pre-trained one, unchanged but for its input width: its fixed sin-cos
 positional table is rebuilt for the pre-training width and then adapted to the fine-tuning one,
@@ -24,6 +28,7 @@ from .presets import EncoderConfig
 from .vit import Encoder, sincos_2d
 
 POOLS = ("mean", "cls", "freq")
+HEADS = ("linear", "mlp1", "mlp2")  # the probe's heads (evaluation/probe.py make_head): 0, 1, 2 hidden layers
 
 
 @dataclass
@@ -35,9 +40,13 @@ class ClassifierConfig:
     drop_path: float = 0.1          # stochastic depth of the last block (linear from 0 at the first)
     patchout: int = 0               # patch tokens dropped at random from each training input
     head_init_std: float = 2e-5     # truncated-normal std of the new head's weights
+    head: str = "linear"            # 'linear', or a probe's MLP ('mlp1', 'mlp2': hidden layers of head_hidden)
+    head_hidden: int = 1024
 
     def validate(self) -> "ClassifierConfig":
         one_of("model.pool", self.pool, POOLS)
+        one_of("model.head", self.head, HEADS)
+        positive("model.head_hidden", self.head_hidden)
         positive("model.n_frames", self.n_frames, allow_none=True)
         non_negative("model.patchout", self.patchout)
         positive("model.head_init_std", self.head_init_std)
@@ -79,8 +88,39 @@ def adapt_positions(table: Tensor, grid: tuple[int, int], n_t: int, prefix: int)
     return torch.cat([head, body.reshape(1, n_f * n_t, -1)], dim=1)
 
 
+def build_head(kind: str, width: int, hidden: int, n_classes: int) -> nn.Module:
+    """(B, width) -> (B, C): a Linear, or HEADS.index(kind) hidden layers of Linear -> ReLU, then a Linear."""
+    if kind == "linear":
+        return nn.Linear(width, n_classes)
+    layers = []
+    for _ in range(HEADS.index(kind)):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, n_classes))
+
+
+def fold_probe_head(layers: nn.Module, mean, std) -> list[tuple[Tensor, Tensor]]:
+    """A probe head (make_head's Linear / BatchNorm1d / Dropout / ReLU layers, on features
+    standardised as (x - mean) / std) -> the (weight, bias) of each of its Linears with the
+    standardisation folded into the first and each eval-mode BatchNorm into the Linear before it,
+    so that Linears and ReLUs alone give the head's eval-mode logits on raw features."""
+    folded = []
+    for layer in layers.modules():
+        if isinstance(layer, nn.Linear):
+            folded.append([layer.weight.detach().double().cpu(), layer.bias.detach().double().cpu()])
+        elif isinstance(layer, nn.BatchNorm1d):  # eval mode: an affine map per unit
+            scale = layer.weight.detach().double().cpu() / (layer.running_var.double().cpu() + layer.eps).sqrt()
+            shift = layer.bias.detach().double().cpu() - scale * layer.running_mean.double().cpu()
+            weight, bias = folded[-1]
+            folded[-1] = [weight * scale[:, None], bias * scale + shift]
+    std, mean = torch.as_tensor(std, dtype=torch.float64), torch.as_tensor(mean, dtype=torch.float64)
+    weight, bias = folded[0]
+    folded[0] = [weight / std, bias - (weight / std) @ mean]
+    return [(w.float(), b.float()) for w, b in folded]
+
+
 class Classifier(nn.Module):
-    """Encoder + pooling + LayerNorm + Linear head: (B, 1, F, T) normalised log-mel -> logits (B, C).
+    """Encoder + pooling + LayerNorm + head: (B, 1, F, T) normalised log-mel -> logits (B, C).
 
     encoder_cfg: the pre-trained encoder's config (its n_frames is the pre-training width).
     """
@@ -97,11 +137,30 @@ class Classifier(nn.Module):
                                                  encoder_cfg.grid, enc.grid[1], self.encoder.num_prefix)
         width = enc.dim * (enc.grid[0] if cfg.pool == "freq" else 1)
         self.head_norm = nn.LayerNorm(width, eps=enc.norm_eps)
-        self.head = nn.Linear(width, n_classes)
+        self.head = build_head(cfg.head, width, cfg.head_hidden, n_classes)
         # A near-zero head starts every class at the same score, so the first steps move the
         # head, not the pre-trained encoder through large random gradients (MAE fine-tuning).
-        nn.init.trunc_normal_(self.head.weight, std=cfg.head_init_std)
-        nn.init.zeros_(self.head.bias)
+        nn.init.trunc_normal_(self.linears[-1].weight, std=cfg.head_init_std)
+        nn.init.zeros_(self.linears[-1].bias)
+
+    @property
+    def linears(self) -> list[nn.Linear]:
+        """The head's Linear layers, input first."""
+        return [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+
+    @torch.no_grad()
+    def load_probe_head(self, layers: nn.Module, mean, std) -> None:
+        """Set the head to a probe head trained on standardised head inputs (see fold_probe_head):
+        the classifier then gives that probe's eval-mode logits. The probe's kind and widths must be
+        this head's."""
+        folded = fold_probe_head(layers, mean, std)
+        shapes = [tuple(m.weight.shape) for m in self.linears]
+        if [tuple(w.shape) for w, _ in folded] != shapes:
+            raise ValueError(f"a probe head of Linears {[tuple(w.shape) for w, _ in folded]} does not fit this "
+                             f"classifier's {self.cfg.head} head of Linears {shapes}")
+        for layer, (weight, bias) in zip(self.linears, folded):
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -112,7 +171,7 @@ class Classifier(nn.Module):
         """(B, L - patchout) indices of the patches kept, drawn independently per sample and in
         position order."""
         L = self.encoder.cfg.num_patches
-        noise = torch.rand(batch, L, generator=generator, device=self.head.weight.device)
+        noise = torch.rand(batch, L, generator=generator, device=self.head_norm.weight.device)
         return noise.argsort(dim=1)[:, :L - self.cfg.patchout].sort(dim=1).values
 
     def features(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -2,8 +2,9 @@
 the recipe that the training engine (engine.py) runs (docs/finetuning.md).
 
 The recipe's own parts: the checks of checkpoint, task and config before anything runs; the
-classifier on the checkpoint's encoder (model/classifier.py); a linear probe on the frozen
-encoder first, kept as a classifier of its own and, with LP-FT, the head fine-tuning starts from;
+classifier on the checkpoint's encoder (model/classifier.py); the probe grid's winner on the
+frozen encoder first, kept as a classifier of its own, and with LP-FT a linear probe's head for
+fine-tuning to start from;
 AdamW groups with layer-wise lr decay; micro-batches of cropped task clips in an order fixed by
 (seed, epoch) (clips.py); per micro-batch the augmentations (augment.py), the checkpoint's
 front-end and normalisation, and cross-entropy or binary cross-entropy; validation after every
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..checkpoint.loader import Checkpoint
 from ..config import GRIDS, FinetuneConfig, FinetuneInfo
 from ..evaluation.metrics import score
@@ -36,7 +37,8 @@ from ..evaluation.report import confusion
 from ..evaluation.tasks import Split, Task, TaskError
 from ..features.predict import Predictor
 from ..files import atomic_write_text
-from ..model.classifier import Classifier
+from ..schema import ConfigError
+from ..model.classifier import Classifier, ClassifierConfig
 from .augment import mixup, random_gain, spec_augment
 from .clips import ClipBatches, balanced_weights, crop_samples, one_hot_targets
 from .engine import Dist, Trainer, micro_seed, param_groups, split_batch
@@ -51,6 +53,9 @@ def prepare(cfg: FinetuneConfig, ck: Checkpoint, task: Task) -> FinetuneConfig:
     with its 'auto' choices made and the input width set. ConfigError / TaskError otherwise."""
     cfg = cfg.for_task(task.kind).validate()
     cfg.model.n_frames = cfg.model.check_encoder(ck.config.model.encoder).n_frames
+    if cfg.model.head != "linear":
+        raise ConfigError(f"model.head: {cfg.model.head!r}; fine-tuning trains a linear head (an MLP head is "
+                          "the probe classifier's, checkpoints/probe); use 'linear'")
     if task.kind == "multilabel" and task.metric == "accuracy":
         raise TaskError(f"task {task.name}: metric 'accuracy' is single-label and the task is multi-label; "
                         "use mAP or roc_auc")
@@ -69,11 +74,11 @@ def layer_scale(name: str, depth: int, decay: float) -> float:
     return decay ** (depth + 1 - layer)
 
 
-def build_classifier(ck: Checkpoint, n_classes: int, cfg: FinetuneConfig) -> Classifier:
-    """A Classifier on the checkpoint's encoder weights, with a new head (seeded by train.seed)."""
+def build_classifier(ck: Checkpoint, n_classes: int, cfg: ClassifierConfig, seed: int) -> Classifier:
+    """A Classifier on the checkpoint's encoder weights, with a new head (seeded by `seed`)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.train.seed)
-        model = Classifier(ck.config.model.encoder, n_classes, cfg.model)
+        torch.manual_seed(seed)
+        model = Classifier(ck.config.model.encoder, n_classes, cfg)
     model.encoder.load_state_dict(ck.model.encoder.state_dict())
     return model
 
@@ -91,9 +96,10 @@ class FoldResult:
     valid: float            # the task metric on the validation part, of the kept checkpoint
     test: float             # ... and on the test part
     confusion: list | None  # (C, C) test counts, rows = true class (single-label tasks)
-    probe_valid: float | None = None  # the linear-probe classifier (frozen encoder): validation and
+    probe_valid: float | None = None  # the probe classifier (frozen encoder): validation and
     probe_test: float | None = None   # test metric; None in runs made before LP-FT
     kept: str = "best"      # the checkpoint the fold's `latest` names: best (fine-tuned) or probe
+    probe_head: str = "linear"  # the probe classifier's head: the probe grid's winner
 
 
 class FoldTrainer:
@@ -110,7 +116,7 @@ class FoldTrainer:
         self.weights = balanced_weights(self.y[split.train]) if cfg.sampler == "balanced" else None
         self.crop = crop_samples(ck.config.frontend, cfg.model.n_frames)
         steps_per_epoch = len(self.epoch_data(0)) // accum
-        self.model = build_classifier(ck, C, cfg).to(env.device)
+        self.model = build_classifier(ck, C, cfg.model, train.seed).to(env.device)
         depth = self.model.encoder.cfg.depth
         groups = param_groups(self.model, train, partial(layer_scale, depth=depth, decay=cfg.layer_decay))
         info = FinetuneInfo(list(task.classes), task.kind, task.metric, cfg, task.name, split.name,
@@ -159,10 +165,12 @@ class FoldTrainer:
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         return F.binary_cross_entropy_with_logits(logits, y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2)
 
-    def probabilities(self, idx: np.ndarray) -> np.ndarray:
-        """(N, C) clip probabilities of task clips `idx`, windowed as `predict` does."""
+    def probabilities(self, idx: np.ndarray, predictor: Predictor | None = None) -> np.ndarray:
+        """(N, C) clip probabilities of task clips `idx` by `predictor` (the fine-tuned model's by
+        default), windowed as `predict` does."""
         precision = "bf16" if self.cfg.train.bf16 else "fp32"
-        out = [self.predictor.predict(self.clips(idx[i:i + EVAL_CLIPS]), self.predictor.sample_rate,
+        predictor = predictor or self.predictor
+        out = [predictor.predict(self.clips(idx[i:i + EVAL_CLIPS]), predictor.sample_rate,
                                       precision=precision).float().cpu().numpy()
                for i in range(0, len(idx), EVAL_CLIPS)]
         return np.concatenate(out)
@@ -196,37 +204,45 @@ class FoldTrainer:
             out.append(self.model.features(x).float().cpu().numpy())
         return np.concatenate(out)
 
-    def linear_probe(self) -> None:
-        """The LP of LP-FT: a linear head trained on the frozen encoder's features (the probe's
-        'linear' grid, standardisation folded into the head), kept as checkpoints/probe with its
-        validation and test scores, a classifier in its own right. With `lp_ft` the fine-tuning
-        starts from this head; otherwise from the new head."""
+    def probe_classifier(self) -> None:
+        """The frozen encoder's own classifier, and the LP of LP-FT: the winner of the config's probe
+        grid (`probe`; 'none': the 'linear' grid) trained on the frozen encoder's head inputs, its
+        standardisation folded into the head. Kept as checkpoints/probe with its validation and test
+        scores, a classifier in its own right (a Linear or an MLP head on the pre-trained encoder).
+        With `lp_ft` fine-tuning starts from a linear head: the winner if linear, else the
+        'linear' grid's; otherwise from the new head."""
         from ..evaluation.probe import train_probe
-        s, kind, C = self.split, self.task.kind, len(self.task.classes)
+        cfg, s, kind, C = self.cfg, self.split, self.task.kind, len(self.task.classes)
         y = self.y if kind == "multilabel" else self.y.astype(np.int64)
         x_tr, x_va = self.window_features(s.train), self.window_features(s.valid)
-        result = train_probe(x_tr, y[s.train], x_va, y[s.valid], x_va, y[s.valid], kind=kind,
-                             metric=self.task.metric, n_classes=C,
-                             config=replace(GRIDS["linear"], seed=self.cfg.train.seed, precision="fp32"))
-        new_head = {k: v.clone() for k, v in self.model.head.state_dict().items()}
-        weight, bias = result.linear_head()
-        with torch.no_grad():
-            self.model.head.weight.copy_(weight)
-            self.model.head.bias.copy_(bias)
-        metric = self.task.metric
-        extras = self.trainer.extras
-        extras.update(probe_valid=score(metric, self.y[s.valid], self.probabilities(s.valid)),
-                      probe_test=score(metric, self.y[s.test], self.probabilities(s.test)))
-        log.info("fold %s: linear probe, validation %s %.4f", s.name, metric, extras["probe_valid"])
-        self.trainer.checkpoint("probe")
-        if not self.cfg.lp_ft:
-            with torch.no_grad():
-                self.model.head.load_state_dict(new_head)
+
+        def fit(grid: str):  # the validation part stands in for the unused test part
+            return train_probe(x_tr, y[s.train], x_va, y[s.valid], x_va, y[s.valid], kind=kind,
+                               metric=self.task.metric, n_classes=C,
+                               config=replace(GRIDS[grid], seed=cfg.train.seed, precision="fp32"))
+        won = fit("linear" if cfg.probe == "none" else cfg.probe)
+        head = won.chosen.head
+        model_cfg = cfg.model if head == "linear" else replace(cfg.model, head=head, head_hidden=won.head[0].out_features)
+        probe = build_classifier(self.ck, C, model_cfg, cfg.train.seed).to(self.env.device)
+        probe.load_probe_head(won.head, won.mean, won.std)
+        predictor = Predictor(probe, self.ck.config.frontend, self.ck.norm_stats, self.task.classes, kind)
+        metric, extras = self.task.metric, self.trainer.extras
+        extras.update(probe_head=head, probe_valid=score(metric, self.y[s.valid], self.probabilities(s.valid, predictor)),
+                      probe_test=score(metric, self.y[s.test], self.probabilities(s.test, predictor)))
+        log.info("fold %s: probe classifier (%s head), validation %s %.4f", s.name, head, metric, extras["probe_valid"])
+        if self.env.main:  # its config names its head, so that checkpoint.load rebuilds it
+            info = dict(self.trainer.meta["finetune"], config=replace(cfg, model=model_cfg).to_dict())
+            save_checkpoint(self.trainer.checkpoints / "probe", probe.state_dict(),
+                            dict(self.trainer.meta, finetune=info, step=0, epoch=0.0))
+        self.env.barrier("the barrier after the probe checkpoint")
+        if cfg.lp_ft:
+            start = won if head == "linear" else fit("linear")
+            self.model.load_probe_head(start.head, start.mean, start.std)
 
     def run(self, max_steps: int | None = None) -> FoldResult | None:
         trainer = self.trainer
         if trainer.step == 0:  # a run resumed mid-way has its probe; one from before LP-FT has none
-            self.linear_probe()
+            self.probe_classifier()
         trainer.fit(self.epoch_data, self.loss, max_steps, on_epoch_end=self.validate)
         if trainer.step < trainer.total_steps:
             return None
@@ -240,7 +256,7 @@ class FoldTrainer:
         result = FoldResult(self.run_dir.name, str(self.run_dir), len(self.split.train), len(self.split.valid),
                             len(test), ex["best_epoch"], ex["best_step"], ex["best"],
                             score(self.task.metric, self.y[test], probs), counts, ex.get("probe_valid"),
-                            ex.get("probe_test"))
+                            ex.get("probe_test"), probe_head=ex.get("probe_head", "linear"))
         result.kept = kept_checkpoint(result, self.cfg.prefer)
         if self.env.main:
             # `specmae.load(run)` and `predict` take the kept checkpoint, not the last one.
@@ -251,8 +267,8 @@ class FoldTrainer:
 
 
 def kept_checkpoint(result: FoldResult, prefer: str) -> str:
-    """'best' (the fine-tuned checkpoint kept on validation) or 'probe' (the linear probe on the
-    frozen encoder): as `prefer` says, or for 'best' the better on validation (ties: fine-tuned)."""
+    """'best' (the fine-tuned checkpoint kept on validation) or 'probe' (the probe classifier on
+    the frozen encoder): as `prefer` says, or for 'best' the better on validation (ties: fine-tuned)."""
     if prefer == "probe" or (prefer == "best" and result.probe_valid is not None
                              and result.probe_valid > result.valid):
         return "probe"

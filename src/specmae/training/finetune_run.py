@@ -5,7 +5,7 @@
     RUN/config.json             the fine-tuning config ('auto' choices made), the source, the task
     RUN/<fold>/                 one run folder per fold (`model` for a single split, `fold-<name>`
                                 for k-fold): checkpoints/ with `best` (fine-tuned) and `probe`
-                                (the linear probe on the frozen encoder, LP-FT's start) kept beside
+                                (the probe grid's winning head on the frozen encoder) kept beside
                                 the rotation, log.jsonl, tb/, result.json; its `latest` names the
                                 better of the two on validation (or the one `prefer` names)
     RUN/latest                  -> the kept checkpoint of the fold with the best validation score,
@@ -133,12 +133,12 @@ def build_report(cfg: FinetuneConfig, source: str, task: Task, splits: list[Spli
                  probe: dict | None) -> dict:
     """Every number of the run: per fold and over folds, fine-tuned and frozen probe."""
     folds = [dict(asdict(r), probe=probe["folds"][i]["test"] if probe else None) for i, r in enumerate(results)]
-    lp = [r.probe_test for r in results]
+    probed = [r.probe_test for r in results]
     used = [r.test if r.kept == "best" else r.probe_test for r in results]
     return {"specmae": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "source": source,
             "task": dict(task_summary(task), notes=notes(task, splits)), "config": cfg.to_dict(),
             "chance": chance(task, splits), "folds": folds, "fine_tuned": mean_std([r.test for r in results]),
-            "linear_probe": mean_std(lp) if None not in lp else None, "used": mean_std(used),
+            "probe_classifier": mean_std(probed) if None not in probed else None, "used": mean_std(used),
             "frozen_probe": dict(mean_std([f["probe"] for f in folds]), grid=cfg.probe) if probe else None,
             "kept": max(results, key=lambda r: r.valid if r.kept == "best" else r.probe_valid).name}
 
@@ -151,12 +151,13 @@ def markdown(report: dict) -> str:
              f"{t['clips']} clips. Test {t['metric']} x 100 of the checkpoint kept on validation; the frozen "
              "probe is the same starting checkpoint's encoder, frozen, with the probe grid on the same folds.", "",
              *table(["fold", "train / valid / test", "best epoch", "valid", "test, fine-tuned",
-                     "valid / test, linear probe", "test, frozen probe", "used"],
+                     "valid / test, probe classifier (head)", "test, frozen probe", "used"],
                     [*([f["name"], f"{f['train']} / {f['valid_clips']} / {f['test_clips']}", f["best_epoch"],
-                        f"{100 * f['valid']:.1f}", f"{100 * f['test']:.1f}", pct(f["probe_valid"], f["probe_test"]),
-                        pct(f["probe"]), "linear probe" if f["kept"] == "probe" else "fine-tuned"]
+                        f"{100 * f['valid']:.1f}", f"{100 * f['test']:.1f}",
+                        f"{pct(f['probe_valid'], f['probe_test'])} ({f.get('probe_head', 'linear')})", pct(f["probe"]),
+                        f"probe classifier ({f.get('probe_head', 'linear')})" if f["kept"] == "probe" else "fine-tuned"]
                        for f in report["folds"]),
-                     ["**mean ± std**", "", "", "", f"**{cell(ft)}**", cell(report.get("linear_probe")), cell(probe),
+                     ["**mean ± std**", "", "", "", f"**{cell(ft)}**", cell(report.get("probe_classifier")), cell(probe),
                       cell(report.get("used"))]]),
              ""]
     if probe:
@@ -165,8 +166,10 @@ def markdown(report: dict) -> str:
                      + (f" **Fine-tuning lost to the frozen probe by {-gain:.1f} points.**" if gain < 0 else ""))
     else:
         lines.append("No frozen probe (probe = none).")
-    lines.append(f"Chance: {100 * report['chance']:.1f}. The linear probe is a linear head on the frozen starting "
-                 "encoder's pooled features, the head that LP-FT starts from; 'used' is what `specmae.load(RUN)` "
+    grid = c["probe"] if c["probe"] != "none" else "linear"
+    lines.append(f"Chance: {100 * report['chance']:.1f}. The probe classifier is the winning head of the '{grid}' "
+                 "probe grid on the frozen starting encoder's pooled features, a model in its own right; 'used' "
+                 "is what `specmae.load(RUN)` "
                  f"and `predict` run per fold (prefer = {c.get('prefer', 'finetuned')}).")
     m, a, tr = c["model"], c["augment"], c["train"]
     recipe = ("the train section as configured (scale none; MaskSpec's recipe is `--config maskspec-finetune`)"
