@@ -232,7 +232,7 @@ class FinetuneConfig:
     valid_fraction: float = 0.15        # share of train held out when a task has no validation part
     scale: str = "auto"                 # auto: batch and schedule fitted to the task's size (for_size); none
     min_steps: int = 1000               # scale auto: the schedule is stretched to at least this many steps
-    lp_ft: bool = True                  # fine-tune from the linear probe's head (LP-FT) instead of a new one
+    lp_ft: bool = True                  # fine-tune from a linear probe's head (LP-FT) instead of a new one
     prefer: str = "best"                # what the run's `latest` names: best on validation, finetuned, probe
 
     def validate(self) -> "FinetuneConfig":

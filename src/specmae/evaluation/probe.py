@@ -102,18 +102,6 @@ class ProbeResult:
     mean: np.ndarray | None = None    # (D,) the standardisation: head input = (x - mean) / std
     std: np.ndarray | None = None
 
-    def linear_head(self) -> tuple[Tensor, Tensor]:
-        """A linear head with the standardisation folded in: (weight (C, D), bias (C,)) such that
-        x @ weight.T + bias are the head's logits on raw features x (N, D)."""
-        if self.chosen.head != "linear":
-            raise ValueError(f"the chosen probe head is {self.chosen.head!r}, not a linear one")
-        layer = self.head[-1]
-        std = torch.as_tensor(self.std, dtype=torch.float64)
-        mean = torch.as_tensor(self.mean, dtype=torch.float64)
-        weight = layer.weight.detach().double().cpu() / std
-        bias = layer.bias.detach().double().cpu() - weight @ mean
-        return weight.float(), bias.float()
-
     def to_dict(self) -> dict:
         def point(g: GridPoint) -> dict:  # a config that never scored has no finite validation score
             return {**asdict(g), "valid_score": g.valid_score if math.isfinite(g.valid_score) else None}
