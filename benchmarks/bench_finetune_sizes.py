@@ -9,8 +9,8 @@ training rows subsampled to a share (stratified by the label, seeded; the test r
 and `builtin`: 400 clips of the built-in synthetic corpus (12 classes, every fifth one test).
 Recipes: `before` is the recipe that was the default until issue 21, MaskSpec's
 (`--config maskspec-finetune`, the fine-tuned model always used); `after` is today's default
-(scale auto, LP-FT, prefer best). Each run reports its fine-tuned test accuracy, its linear
-probe (a linear head on the frozen encoder, LP-FT's start), and the `after` run the frozen probe
+(scale auto, LP-FT, prefer best). Each run reports its fine-tuned test accuracy, its probe
+classifier (the probe grid's winning head on the frozen encoder), and the `after` run the frozen probe
 of `specmae evaluate` (grid 'full') on the same folds. Prints a Markdown table, the machine and
 its load; writes every report under --out.
 """
@@ -112,17 +112,18 @@ def main() -> None:
             probe = report["frozen_probe"]
             row = dict(task=task.name, recipe=name, train=fold["train"], batch=c["batch_size"], epochs=c["epochs"],
                        steps=c["epochs"] * (fold["train"] // c["batch_size"]), fine_tuned=report["fine_tuned"]["mean"],
-                       linear_probe=(report.get("linear_probe") or {}).get("mean"), used=report["used"]["mean"],
+                       probe_classifier=(report.get("probe_classifier") or {}).get("mean"),
+                       probe_head=fold.get("probe_head"), used=report["used"]["mean"],
                        kept=fold["kept"], frozen_probe=probe["mean"] if probe else None, seconds=round(seconds))
             rows.append(row)
             print(json.dumps(row), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    print("\n| task | recipe | train clips | batch x steps | fine-tuned | linear probe | used | frozen probe | "
+    print("\n| task | recipe | train clips | batch x steps | fine-tuned | probe classifier | used | frozen probe | "
           "wall time |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['recipe']} | {r['train']} | {r['batch']} x {r['steps']} | {pct(r['fine_tuned'])} | "
-              f"{pct(r['linear_probe'])} | {pct(r['used'])} ({r['kept']}) | {pct(r['frozen_probe'])} | "
+              f"{pct(r['probe_classifier'])} ({r['probe_head']}) | {pct(r['used'])} ({r['kept']}) | {pct(r['frozen_probe'])} | "
               f"{r['seconds'] // 60} min {r['seconds'] % 60} s |")
     print(f"\nmachine: {machine()}, load {load_average():.1f}; runs in {out}")
 
