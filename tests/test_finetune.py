@@ -488,7 +488,8 @@ def specmae_cli(*args, check=True, env=None):
     return proc
 
 
-CLI_TINY = ["--batch-size", "8", "--workers", "0", "--quiet", "--blr", "0.05", "--set", "train.warmup_epochs=1"]
+CLI_TINY = ["--batch-size", "8", "--workers", "0", "--quiet", "--blr", "0.05", "--set", "train.warmup_epochs=1",
+            "--set", "scale=none"]
 
 
 @pytest.fixture(scope="module")
