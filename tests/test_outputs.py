@@ -105,6 +105,12 @@ def test_finetune_resume_names_each_setting_that_differs(template, world):
     assert "finetune.train.blr: 0.001 then, 0.01 now; finetune.train.epochs: 1 then, 2 now." in line, line
     assert snapshot(world) == before
 
+    # both flags: refused, nothing touched
+    code, _, err = run_cli(["finetune", template / "tiny-ckpt", template / "task.csv", "--out", world / "tiny-ft",
+                            "--resume", "--overwrite", *FINETUNE])
+    assert code == 2 and err.strip().endswith("--overwrite moves it aside; give one of them"), err
+    assert snapshot(world) == before
+
     code, _, err = run_cli(["finetune", template / "tiny-ckpt", template / "task.csv", "--out", world / "tiny-ft",
                             *FINETUNE])
     assert code == 2 and re.search(r"already holds a fine-tuning run \(finished folds: model\)\. .*--overwrite.*"

@@ -74,6 +74,8 @@ def claim(path: str | os.PathLike, kind: str, made_by: str, *, overwrite: bool =
                                               --resume when `offer_resume`) or replaced on `overwrite`
     anything else                             refused, or replaced on `overwrite`
 
+    With `offer_resume` (--resume is the user's option), `resume` and `overwrite` together are refused.
+
     `made_by` names the command ('specmae embed'). Its own output is a folder that `ours(folder)`
     describes as (what, why), e.g. ('a run', 'checkpoints up to step-00000012'); or, with
     `settings` = (JSON file, the settings of this run, what the output holds), one whose recorded
@@ -82,6 +84,9 @@ def claim(path: str | os.PathLike, kind: str, made_by: str, *, overwrite: bool =
     beside `path` that belong to it (a table's settings and errors), moved aside with it.
     """
     path = check_output(path, kind, f"output of {made_by}")
+    if offer_resume and resume and overwrite:
+        raise OutputError(f"{path}: --resume continues the run there and --overwrite moves it aside; "
+                          "give one of them")
     aside = [path, *also] if overwrite else []
     if not taken(path):
         return Claim(path, aside=aside[1:])

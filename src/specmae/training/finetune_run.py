@@ -38,7 +38,7 @@ from ..evaluation.embedders import AudioStore
 from ..evaluation.report import (cell, chance, mean_std, notes, plot_confusion, plot_curves, table, task_summary,
                                  write_report)
 from ..evaluation.tasks import Split, Task
-from ..files import OutputError, atomic_write_text
+from ..files import atomic_write_text
 from ..outputs import check_resume, claim, read_settings
 from ..schema import ConfigError
 from ..version import __version__
@@ -64,9 +64,10 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     `out` is claimed as outputs.claim says: a fine-tuning run there is continued with `resume`
     (its config.json compared field by field with this one's), else refused, or moved aside on
     `overwrite`, as is any other non-empty folder."""
-    if resume and overwrite:
-        raise OutputError(f"{out}: --resume continues the run there and --overwrite moves it aside; give one of them")
     cfg.validate()
+    claimed = claim(out, "folder", "specmae finetune", overwrite=overwrite, resume=resume, offer_resume=True,
+                    ours=_describe_run)  # before any work
+    out = claimed.path
     env = setup(cfg.train)
     ck = load(source)  # the encoder's weights are copied into each fold's classifier
     cfg = prepare(cfg, ck, task)
@@ -81,9 +82,6 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     store = AudioStore()
     store.check([task], rate)  # every clip decodes, or one error listing the bad ones
     run_config = dict(source=reference(source), task=task_summary(task), finetune=cfg.to_dict())
-    claimed = claim(out, "folder", "specmae finetune", overwrite=overwrite, resume=resume, offer_resume=True,
-                    ours=_describe_run)
-    out = claimed.path
     if claimed.resumes and (stored := read_settings(out / "config.json")) is not None:
         try:  # read as a FinetuneConfig: a field added since the run started takes the value it had then
             stored["finetune"] = FinetuneConfig.stored(stored.get("finetune")).to_dict()

@@ -25,7 +25,6 @@ import torch
 
 from ..checkpoint import CONFIG, LATEST, CheckpointError, load_checkpoint, load_train_state, read_config
 from ..checkpoint.store import read_latest
-from ..files import OutputError
 from ..outputs import claim
 
 log = logging.getLogger(__name__)
@@ -44,8 +43,7 @@ class Resumable:
 
 
 def open_run(run_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False, main: bool = True,
-             check_config: Callable[[dict, Path], None] | None = None,
-             made_by: str = "specmae pretrain") -> Resumable | None:
+             check_config: Callable[[dict, Path], None] | None = None) -> Resumable | None:
     """Check `run_dir` before a run writes anything into it -> the checkpoint to resume from, if any.
 
     missing, or a folder holding no files   a new run (also with `resume`: nothing to resume)
@@ -57,10 +55,7 @@ def open_run(run_dir: str | os.PathLike, resume: bool = False, overwrite: bool =
     aside; the others just check. `check_config` (config.json content, its path) raises for a
     checkpoint config the recipe cannot use, which is then skipped like an unreadable one.
     """
-    if resume and overwrite:
-        raise OutputError(f"{run_dir}: --resume continues the run there and --overwrite moves it aside; "
-                          "give one of them")
-    out = claim(run_dir, "any", made_by, overwrite=overwrite, resume=resume, offer_resume=True, ours=describe_run)
+    out = claim(run_dir, "any", "specmae pretrain", overwrite=overwrite, resume=resume, offer_resume=True, ours=describe_run)
     if out.resumes:
         return find_resumable(out.path / "checkpoints", check_config=check_config, report=main)
     if resume and main:
