@@ -280,8 +280,13 @@ def test_push_to_folder_writes_the_newest_checkpoint_and_a_card_the_hub_reads(tm
                  "![reconstructions of held-out clips](reconstruction.png)"]:
         assert part in text, part
     assert "wrote" not in capsys.readouterr().err
-    with pytest.raises(UserError, match="not empty"):  # an output is never written over
+    with pytest.raises(UserError, match=r"already holds files \(README.md, config.json, loss.png, \.\.\.\)\. "
+                                        r"Choose another output, pass --overwrite"):  # never written over
         main(["push", str(run), "org/tiny", "--to-folder", str(out)])
+    card = (out / "README.md").read_text()
+    main(["push", str(run), "org/tiny", "--to-folder", str(out), "--overwrite"])
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(f"{out.name}.old-")]
+    assert len(aside) == 1 and (aside[0] / "README.md").read_text() == card and (out / "README.md").is_file()
     main(["push", str(run), "org/tiny", "--to-folder", str(tmp_path / "with-state"), "--with-train-state"])
     assert (tmp_path / "with-state" / "train_state.pt").is_file()
 

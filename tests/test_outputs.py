@@ -33,6 +33,7 @@ COMMANDS = {
     "visualize": (["visualize", "tiny-ckpt", "audio/chirp_down/00000.wav", "--out", "{out}", *VISUALIZE], ""),
     "convert": (["convert", OFFICIAL, "{out}", "--heads", "3", "--decoder-heads", "4"], ""),
     "export": (["export", "tiny-ckpt", "--out", "{out}"], ".pt2"),
+    "push --to-folder": (["push", "tiny-ckpt", "org/tiny", "--to-folder", "{out}"], ""),
 }
 
 

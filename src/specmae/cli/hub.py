@@ -10,7 +10,7 @@ from pathlib import Path
 def cmd_push(args: argparse.Namespace) -> None:
     from ..checkpoint.card import stage
     from ..checkpoint.hub import PREFIX, parse_name, upload
-    from ..files import OutputError, check_output, is_empty_folder
+    from ..outputs import claim
 
     repo, revision = parse_name(PREFIX + args.repo)
     if revision is not None or "/" not in repo:
@@ -18,9 +18,9 @@ def cmd_push(args: argparse.Namespace) -> None:
     options = dict(revision=args.revision, license=args.license, base_model=args.base_model, reports=args.report,
                    train_state=args.with_train_state)
     if args.to_folder:
-        out = check_output(args.to_folder, "folder", "files to upload")
-        if out.is_dir() and not is_empty_folder(out):
-            raise OutputError(f"{out}: not empty; choose a new or empty folder for --to-folder")
+        claimed = claim(args.to_folder, "folder", "specmae push", overwrite=args.overwrite)
+        out = claimed.path
+        claimed.take()
         stage(args.run, out, repo, **options)
         files = sorted(p for p in out.iterdir())
         size = sum(p.stat().st_size for p in files) / 1e6
@@ -41,6 +41,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--revision", help="branch to upload to (created if missing; default main)")
     p.add_argument("--to-folder", metavar="DIR", help="write what would be uploaded into DIR, and upload nothing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --to-folder: move an existing DIR aside to <dir>.old-<time> (nothing is deleted)")
     p.add_argument("--license", default="other", help="license id for the card's metadata (default: other)")
     p.add_argument("--base-model", metavar="ORG/NAME",
                    help="the Hub model a fine-tuned one started from (default: the fine-tuning run's hf:// source)")
