@@ -16,7 +16,7 @@ from specmae.audio import AudioError, FrontendConfig, check_waveform, decode, lo
 from specmae.cli import main
 from specmae.evaluation.tasks import Task, TaskError, read_manifest
 from specmae.training import prepare
-from specmae.files import read_tsv
+from specmae.files import read_jsonl, read_tsv
 from specmae.training.corpus import Corpus, load_corpus
 from specmae.training.prepare import prepare_corpus
 
@@ -384,3 +384,14 @@ def test_a_single_class_task_is_refused(clips):
                               "two classes")
     with pytest.raises(TaskError, match="every clip carries the same labels \\['a', 'b'\\]"):
         Task.from_arrays("mem", [tone(0.1)] * 3, [["a", "b"]] * 3, ["train", "train", "test"], sample_rate=16000)
+
+
+def test_a_log_cut_short_by_a_kill_reads_without_its_last_line(tmp_path):
+    """Every reader of log.jsonl (the loss curve, the fine-tuning curves, the model card, a resumed
+    run) goes through files.read_jsonl, which leaves out a line a killed process cut short."""
+    from specmae.visualize import plot_loss_curve
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0, "lr": 0.1}\n{"step": 2, "loss": 1.5, "lr": 0.1}\n[1]\n{"step": 3, "lo')
+    assert read_jsonl(log) == [{"step": 1, "loss": 2.0, "lr": 0.1}, {"step": 2, "loss": 1.5, "lr": 0.1}]
+    pytest.importorskip("matplotlib")
+    assert plot_loss_curve(log, tmp_path / "loss.png").stat().st_size > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -136,6 +137,20 @@ def read_tsv(path: str | os.PathLike) -> list[list[str]]:
     def field(text: str) -> str:
         return _TSV_ESCAPED.sub(lambda m: _TSV_UNESCAPES.get(m.group(1), m.group(0)), text) if "\\" in text else text
     return [[field(f) for f in line.split("\t")] for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """A JSON-lines file (a run's log.jsonl) -> its records, the JSON objects of its lines; a line
+    that is not one (cut short by a killed process) is left out."""
+    records = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def save_png(fig, path: str | os.PathLike, tight: bool = True) -> Path:

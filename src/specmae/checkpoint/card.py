@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ..files import atomic_folder
+from ..files import atomic_folder, read_jsonl
 from .hub import PREFIX, is_hub_name, parse_name
 from .loader import Checkpoint, load, resolve
 from .store import CONFIG, TRAIN_STATE, WEIGHTS, CheckpointError
@@ -207,17 +207,10 @@ def _read_json(path: Path) -> dict:
 
 def _last_loss(log: Path) -> float | None:
     try:
-        lines = log.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        records = read_jsonl(log)
+    except OSError:
         return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("loss"), (int, float)):
-            return float(record["loss"])
-    return None
+    return next((float(r["loss"]) for r in reversed(records) if isinstance(r.get("loss"), (int, float))), None)
 
 
 def _count(n, noun: str) -> str:

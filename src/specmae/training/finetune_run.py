@@ -38,7 +38,7 @@ from ..evaluation.embedders import AudioStore
 from ..evaluation.report import (cell, chance, mean_std, notes, plot_confusion, plot_curves, table, task_summary,
                                  write_report)
 from ..evaluation.tasks import Split, Task
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_jsonl
 from ..outputs import check_resume, claim, read_settings
 from ..schema import ConfigError
 from ..version import __version__
@@ -199,8 +199,7 @@ def report_figures(report: dict) -> list:
     """curves.png: each fold's training loss and validation metric (its log.jsonl); confusion.png:
     the test confusion matrix summed over folds (single-label tasks)."""
     t = report["task"]
-    logs = {f["name"]: [json.loads(line) for line in (Path(f["run"]) / "log.jsonl").read_text().splitlines()]
-            for f in report["folds"]}
+    logs = {f["name"]: read_jsonl(Path(f["run"]) / "log.jsonl") for f in report["folds"]}
     figures = [("curves.png", partial(plot_curves, logs, t["metric"]))]
     if t["type"] != "multilabel":
         figures.append(("confusion.png", partial(plot_confusion, [f["confusion"] for f in report["folds"]],

@@ -22,18 +22,9 @@ import json
 import logging
 from pathlib import Path
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
-
-
-def _record(line: str) -> dict | None:
-    """One log.jsonl line -> its record; None for a line cut short by a killed process."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def _is_loss(record: dict) -> bool:
@@ -66,7 +57,7 @@ class TrainLogger:
             # none yet): those steps run again. Of the resumed step itself, the epoch record came
             # after its checkpoint, and a loss record there inside an open interval is the
             # provisional one of a run stopped at max_steps.
-            keep = [r for r in map(_record, self.path.read_text(errors="replace").splitlines()) if r is not None
+            keep = [r for r in read_jsonl(self.path) if isinstance(r.get("step"), int)
                     and (r["step"] < initial or r["step"] == initial and r.get("event") != "epoch"
                          and not (self.steps and _is_loss(r)))]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -7,7 +7,6 @@ an optional dependency (`pip install specmae[plots]`); it is imported here only.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files import save_png
+from ..files import read_jsonl, save_png
 from ..model.mae import MaskedAutoencoder
 from ..model.presets import EncoderConfig
 from .analysis import Reconstruction, paste
@@ -35,8 +34,7 @@ def plot_loss_curve(log_path: str | os.PathLike, out: str | os.PathLike) -> Path
     """Training loss (log scale) and learning rate from a run's log.jsonl: each loss record is the
     mean over the `train.log_every` steps before it (training/logs.py)."""
     plt = _pyplot()
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
-    records = [r for r in records if "loss" in r and "event" not in r]
+    records = [r for r in read_jsonl(log_path) if "loss" in r and "event" not in r]
     steps = [r["step"] for r in records]
     every = steps[1] - steps[0] if len(steps) > 1 else 1
     fig, ax = plt.subplots(figsize=(7, 3.5))
