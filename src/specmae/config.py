@@ -294,8 +294,8 @@ class FinetuneConfig:
             t.micro_batch = math.gcd(t.batch_size, t.micro_batch)
         steps = max(n_train // t.batch_size, 1)
         if t.epochs * steps < self.min_steps:
-            stretch = math.ceil(self.min_steps / steps) / t.epochs
-            t.epochs, t.warmup_epochs = math.ceil(self.min_steps / steps), t.warmup_epochs * stretch
+            epochs = math.ceil(self.min_steps / steps)
+            t.epochs, t.warmup_epochs = epochs, t.warmup_epochs * (epochs / t.epochs)
         share, a = min(1.0, n_train / FULL_AUGMENT_CLIPS), out.augment
         a.mixup_alpha, a.freq_mask, a.time_mask = a.mixup_alpha * share, a.freq_mask * share, a.time_mask * share
         return out.validate()

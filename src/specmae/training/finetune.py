@@ -33,6 +33,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..checkpoint.loader import Checkpoint
 from ..config import GRIDS, FinetuneConfig, FinetuneInfo
 from ..evaluation.metrics import score
+from ..evaluation.probe import train_probe
 from ..evaluation.report import confusion
 from ..evaluation.tasks import Split, Task, TaskError
 from ..features.predict import Predictor
@@ -211,7 +212,6 @@ class FoldTrainer:
         scores, a classifier in its own right (a Linear or an MLP head on the pre-trained encoder).
         With `lp_ft` fine-tuning starts from a linear head: the winner if linear, else the
         'linear' grid's; otherwise from the new head."""
-        from ..evaluation.probe import train_probe
         cfg, s, kind, C = self.cfg, self.split, self.task.kind, len(self.task.classes)
         y = self.y if kind == "multilabel" else self.y.astype(np.int64)
         x_tr, x_va = self.window_features(s.train), self.window_features(s.valid)
