@@ -153,6 +153,18 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed); an ImportError naming
+    the extra that installs it."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plots need matplotlib: pip install 'specmae[plots]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_png(fig, path: str | os.PathLike, tight: bool = True) -> Path:
     """Write a matplotlib figure as PNG (atomically) and close it."""
     import matplotlib.pyplot as plt

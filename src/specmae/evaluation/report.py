@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..files import atomic_write_text, save_png
+from ..files import atomic_write_text, pyplot, save_png
 from .metrics import chance_score
 from .tasks import Split, Task
 
@@ -77,17 +77,10 @@ def headline(markdown: str) -> str:
 
 # --- figures -------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_confusion(folds: Sequence, classes: Sequence[str], title: str, path: str | os.PathLike) -> Path:
     """Test confusion counts (C, C) of every fold, summed and row-normalised (true class per row),
     counts written in the cells."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.sum(folds, axis=0)
     n = len(classes)
     rate = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -114,7 +107,7 @@ def plot_confusion(folds: Sequence, classes: Sequence[str], title: str, path: st
 def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
     """Grouped bars of an evaluation report: test score per task and model, error bars = std over
     folds, chance dashed."""
-    plt = _pyplot()
+    plt = pyplot()
     tasks, models = list(report["tasks"]), list(report["models"])
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.6 * len(tasks) * len(models)), 4.2))
@@ -143,7 +136,7 @@ def plot_comparison(report: dict, path: str | os.PathLike) -> Path:
 def plot_curves(logs: Mapping[str, Sequence[dict]], metric: str, path: str | os.PathLike) -> Path:
     """Training loss (left) and validation `metric` per epoch (right), one line per fold, from
     each fold's log records {fold name: [log.jsonl record, ...]} (training/logs.py)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, records in logs.items():
         steps = [r for r in records if "loss" in r and "event" not in r]

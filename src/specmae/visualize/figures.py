@@ -14,26 +14,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files import read_jsonl, save_png
+from ..files import pyplot, read_jsonl, save_png
 from ..model.mae import MaskedAutoencoder
 from ..model.presets import EncoderConfig
 from .analysis import Reconstruction, paste
 
 
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ImportError("plots need matplotlib: pip install 'specmae[plots]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_loss_curve(log_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Training loss (log scale) and learning rate from a run's log.jsonl: each loss record is the
     mean over the `train.log_every` steps before it (training/logs.py)."""
-    plt = _pyplot()
+    plt = pyplot()
     records = [r for r in read_jsonl(log_path) if "loss" in r and "event" not in r]
     steps = [r["step"] for r in records]
     every = steps[1] - steps[0] if len(steps) > 1 else 1
@@ -94,7 +84,7 @@ def plot_rows(rows: list[tuple[str, Reconstruction, int]], enc: EncoderConfig, o
     pasted back), per-pixel |error|, visible patches outlined; MSE over the masked patches in
     the reconstruction's title, RMS of the error over the whole input in the error's. `note` ends
     the figure's title (e.g. how a per-patch normalised prediction is drawn)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), 3, figsize=(13, 2.2 * len(rows) + 0.6), squeeze=False, layout="constrained")
     for r, (label, rec, i) in enumerate(rows):
         x = rec.input[i, 0]
@@ -115,7 +105,7 @@ def plot_rows(rows: list[tuple[str, Reconstruction, int]], enc: EncoderConfig, o
 def plot_sweep(steps: list[tuple[float, Reconstruction]], enc: EncoderConfig, out: str | os.PathLike,
                title: str, real_frames: int | None = None, note: str = "") -> Path:
     """Mask-ratio sweep of one clip: per step, reconstruction and |error| side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = 2
     n_rows = -(-len(steps) // cols)
     fig, axes = plt.subplots(n_rows, 2 * cols, figsize=(15, 1.9 * n_rows + 0.6), squeeze=False, layout="constrained")
@@ -141,7 +131,7 @@ def plot_sweep(steps: list[tuple[float, Reconstruction]], enc: EncoderConfig, ou
 
 def plot_mse_curves(curves: list[tuple[str, list[tuple[float, int, float]]]], out: str | os.PathLike) -> Path:
     """MSE over the masked patches against mask ratio, one line per segment: [(label, [(ratio, visible, mse)])]."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for label, points in curves:
         ax.plot([p[0] for p in points], [p[2] for p in points], marker="o", ms=3, lw=1, label=label)
@@ -162,7 +152,7 @@ def plot_attention(x: Tensor, maps: list[tuple[str, Tensor, tuple[int, int] | No
                    out: str | os.PathLike, title: str, real_frames: int | None = None) -> Path:
     """Attention maps over the spectrogram x (F, T): per panel (title, (N_F, N_T) map, reference
     patch (t, f) or None for [CLS]), the map stretched over its patches, reference outlined."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.patches import Rectangle
 
     fig, axes = plt.subplots(len(maps), 1, figsize=(10, 2.6 * len(maps) + 0.6), squeeze=False, layout="constrained")
