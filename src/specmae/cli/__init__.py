@@ -37,10 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     rank = os.environ.get("RANK", "0")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+    # specmae's own progress at INFO; other libraries' (matplotlib's font search, ...) only from WARNING
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if rank != "0" and not args.verbose:
-        logging.getLogger().setLevel(logging.WARNING)
+    level = logging.DEBUG if args.verbose else logging.INFO if rank == "0" else logging.WARNING
+    logging.getLogger("specmae").setLevel(level)
     retain_freed_memory()
     try:
         args.func(args)
