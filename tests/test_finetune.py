@@ -296,8 +296,9 @@ def test_multilabel_task_trains_with_bce_and_balanced_sampling(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     ckpt = random_checkpoint(tmp_path / "ckpt")
     task = synth_task(60, duration=1.2)
-    cfg = ft_config(train=dict(epochs=3, checkpoint_every=2, log_every=2), probe="none", model=dict(patchout=5),
-                    lp_ft=False, prefer="finetuned")  # the recipe of runs written before those fields
+    cfg = ft_config(train=dict(epochs=3, checkpoint_every=2, log_every=2), probe="none",
+                    model=dict(patchout=5, pool_padding=True), lp_ft=False,
+                    prefer="finetuned")  # the recipe of runs written before those fields
     full = finetune(cfg, ckpt, task, tmp_path / "full", progress=False)
     assert finetune(cfg, ckpt, task, tmp_path / "cut", progress=False, max_steps=5) is None
 
@@ -309,8 +310,9 @@ def test_resume_continues_exactly(tmp_path):
         ("epoch", 0), (None, 2), ("validation", 2), ("epoch", 2), (None, 4), ("validation", 4),
         ("epoch", 4), (None, 6), ("validation", 6)]
     assert [(r.get("event"), r["step"]) for r in logged(tmp_path / "cut")][-2:] == [("epoch", 4), (None, 5)]
-    for field in ("decay_tokens", "scale", "min_steps", "lp_ft", "prefer"):  # a run started before the
-        written_before(tmp_path / "cut", field)                              # fields resumes as it was
+    for field in ("decay_tokens", "scale", "min_steps", "lp_ft", "prefer", "pool_padding"):  # a run started
+        written_before(tmp_path / "cut", field)                      # before the fields resumes as it was
+    assert specmae.load(tmp_path / "cut" / "model").classifier.cfg.pool_padding
     resumed = finetune(cfg, ckpt, task, tmp_path / "cut", resume=True, progress=False)
     assert resumed["folds"][0]["test"] == full["folds"][0]["test"]
     a, b = load(tmp_path / "full"), load(tmp_path / "cut")
@@ -403,15 +405,39 @@ def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path
     model.head_norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     with torch.no_grad():
         model((lms[:, None] + 8.0) / 4.5)                      # the checkpoint's statistics
-    clip = specmae.features.Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats).embed_lms(lms).clip
+    embedder = specmae.features.Embedder(ck.model.encoder, ck.config.frontend, ck.norm_stats)
+    clip = embedder.embed_lms(lms).clip
     assert seen[0].shape == clip.shape == (2, 5 * 48)
     torch.testing.assert_close(seen[0], clip, atol=1e-4, rtol=1e-4)
+    # Clips shorter than the window: zero-padded to it (0 is the corpus mean), pooled over the
+    # patch columns that cover audio only, as the embedding is; before, the padding was averaged in.
+    lengths = torch.tensor([40, 17])                          # 3 and 2 of the 6 patch columns
+    padded = ((lms[:, None] + 8.0) / 4.5) * (torch.arange(96) < lengths[:, None, None, None])
+    with torch.no_grad():
+        model(padded, real=lengths)
+    clip = embedder.embed_lms([lms[0, :, :40], lms[1, :, :17]]).clip
+    torch.testing.assert_close(seen[1], clip, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        model(padded)                                          # no `real`: every column
+        old = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool="freq", pool_padding=True)).eval()
+        old.encoder.load_state_dict(ck.model.encoder.state_dict())
+        old.head_norm.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+        old(padded, real=lengths)
+    assert not torch.allclose(seen[2], seen[1], atol=1e-3)
+    torch.testing.assert_close(seen[3], seen[2])
+    for pool in ("mean", "freq"):  # the columns of the padding do not reach the head
+        m = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool=pool)).eval()
+        m.encoder.load_state_dict(ck.model.encoder.state_dict())
+        x = padded[:1]
+        with torch.no_grad():
+            assert torch.equal(m.features(x, real=lengths[:1]), m.features(x, real=torch.tensor([48])))  # 3 columns
+            assert not torch.allclose(m.features(x, real=lengths[:1]), m.features(x), atol=1e-3)
     patched = Classifier(ck.config.model.encoder, 3, ClassifierConfig(pool="freq", patchout=20)).train()
     assert patched.features(torch.randn(2, 1, 80, 96), torch.Generator().manual_seed(0)).isfinite().all()
 
 
-def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path):
-    ckpt = random_checkpoint(tmp_path / "ckpt")
+def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path, pretrained):
+    ckpt = pretrained
     task = synth_task(120, duration=1.2)
     # A learning rate of almost 0 and a new head: the fine-tuned model stays at chance. The 'hear'
     # grid has MLP heads only, so the probe classifier is an MLP on the frozen encoder.

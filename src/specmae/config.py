@@ -161,7 +161,7 @@ FULL_AUGMENT_CLIPS = 2000  # scale auto: training clips from which augmentation 
 PREFER = ("best", "finetuned", "probe")
 # Fields added to FinetuneConfig since fine-tuning runs were first written, with the values those
 # runs trained with: a stored config.json without them reads as its own recipe (FinetuneConfig.stored).
-ADDED_SINCE = {"scale": "none", "lp_ft": False, "prefer": "finetuned"}
+ADDED_SINCE = {"scale": "none", "lp_ft": False, "prefer": "finetuned", "model": {"pool_padding": True}}
 
 # The frozen-encoder probes (evaluation/probe.py); fine-tuning names a grid for its comparison.
 PROBE_HEADS = ("linear", "mlp1", "mlp2")
@@ -260,7 +260,7 @@ class FinetuneConfig:
     def stored(cls, data) -> "FinetuneConfig":
         """A fine-tuning config as a run recorded it: a field the run predates (ADDED_SINCE) takes
         the value the run trained with, not today's default."""
-        return cls.from_dict({**ADDED_SINCE, **data} if isinstance(data, dict) else data)
+        return cls.from_dict(_with_defaults(data, ADDED_SINCE))
 
     def for_task(self, kind: str) -> "FinetuneConfig":
         """The config with its 'auto' choices made for a task of `kind`; ConfigError when an option
@@ -332,7 +332,24 @@ class FinetuneInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneInfo":
+        """Read as the checkpoint was made: its config's fields added since take the values it had then."""
+        if isinstance(d, dict) and isinstance(d.get("config"), dict):
+            d = dict(d, config=_with_defaults(d["config"], ADDED_SINCE))
         return from_dict(cls, d, "finetune")
+
+
+def _with_defaults(data, defaults: dict):
+    """Mapping `data` with `defaults` filled in where it has no value, nested mappings merged alike;
+    anything but a mapping unchanged (from_dict names it)."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict):
+            out[key] = _with_defaults(out[key], value)
+    return out
 
 
 def check_frontend_fits(frontend: FrontendConfig, model: ModelConfig) -> None:

@@ -96,10 +96,10 @@ class Predictor(Embedder):
         self.classifier.eval()  # no drop-path nor Patchout, whatever the caller's mode
         try:
             for x, where in windows(lms, self.window_frames, self.group_size):
+                real = torch.tensor([n for _, _, n in where], device=self.device)
                 with autocast:
-                    probs = self.probabilities(self.classifier(x))                  # (n, C)
+                    probs = self.probabilities(self.classifier(x, real=real))       # (n, C)
                 clip = torch.tensor([i for i, _, _ in where], device=self.device)
-                real = torch.tensor([float(n) for _, _, n in where], device=self.device)
                 sums.index_add_(0, clip, probs * real[:, None])
         finally:
             self.classifier.train(training)

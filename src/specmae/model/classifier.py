@@ -1,7 +1,8 @@
 """A classifier on a pre-trained encoder: the model that fine-tuning trains (docs/finetuning.md).
 
     x (B, 1, F, T) normalised log-mel --Encoder (positions adapted to T, Patchout in training)-->
-      tokens (B, [1+]n, D) --time mean per frequency row (N_F*D), mean of the patch tokens, or [CLS]--> (B, D')
+      tokens (B, [1+]n, D) --time mean per frequency row (N_F*D), mean of the patch tokens (both over the
+      columns that cover audio, not padding), or [CLS]--> (B, D')
       --LayerNorm--> --head--> logits (B, C)
 
 The head is a Linear (fine-tuning's), or the MLP that a probe grid chose on the frozen features
@@ -42,6 +43,8 @@ class ClassifierConfig:
     head_init_std: float = 2e-5     # truncated-normal std of the new head's weights
     head: str = "linear"            # 'linear', or a probe's MLP ('mlp1', 'mlp2': hidden layers of head_hidden)
     head_hidden: int = 1024
+    pool_padding: bool = False      # also pool a short input's padding patches, as models fine-tuned
+                                    # before pooling skipped them did (config.ADDED_SINCE)
 
     def validate(self) -> "ClassifierConfig":
         one_of("model.pool", self.pool, POOLS)
@@ -174,29 +177,38 @@ class Classifier(nn.Module):
         noise = torch.rand(batch, L, generator=generator, device=self.head_norm.weight.device)
         return noise.argsort(dim=1)[:, :L - self.cfg.patchout].sort(dim=1).values
 
-    def features(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """x: (B, 1, F, T) normalised log-mel -> the head's input (B, D): pooled, LayerNorm'd. In
-        training mode, `patchout` random patch tokens of each sample are dropped (drawn from
+    def features(self, x: Tensor, generator: torch.Generator | None = None, real: Tensor | None = None) -> Tensor:
+        """x: (B, 1, F, T) normalised log-mel -> the head's input (B, D): pooled, LayerNorm'd.
+
+        real: (B,) frames of each input that are audio, the rest padding (None: all T). The
+        pooling reads the patch columns that cover a real frame, as the frozen clip embedding does
+        (features/chunking.num_frames), so a short clip's features do not depend on how much
+        padding surrounds it; the padding still passes through the encoder, as at embedding.
+        In training mode, `patchout` random patch tokens of each sample are dropped (drawn from
         `generator`); in eval mode none."""
         ids_keep = None
         if self.training and self.cfg.patchout:
             ids_keep = self.patchout_ids(x.shape[0], generator)
         tokens = self.encoder(x, ids_keep=ids_keep)                                # (B, [1+]n, D)
-        prefix = self.encoder.num_prefix
         if self.cfg.pool == "cls":
-            pooled = tokens[:, 0]                                                  # (B, D)
-        elif self.cfg.pool == "freq":  # patches in (N_F, N_T) order, as the frozen embeddings read them
-            n_f, n_t = self.encoder.cfg.grid
-            patches = tokens[:, prefix:]                                           # (B, n, D)
-            ids = ids_keep if ids_keep is not None else torch.arange(n_f * n_t, device=x.device).expand(len(x), -1)
+            return self.head_norm(tokens[:, 0])                                    # (B, D)
+        n_f, n_t = self.encoder.cfg.grid
+        patches = tokens[:, self.encoder.num_prefix:]                              # (B, n, D)
+        ids = ids_keep if ids_keep is not None else torch.arange(n_f * n_t, device=x.device).expand(len(x), -1)
+        weight = torch.ones(ids.shape, dtype=patches.dtype, device=x.device)      # (B, n): 1 = pooled
+        if real is not None and not self.cfg.pool_padding:
+            columns = (real.to(x.device) + self.encoder.cfg.patch_t - 1) // self.encoder.cfg.patch_t
+            weight = weight * (ids % n_t < columns.clamp(min=1)[:, None])
+        if self.cfg.pool == "freq":  # patches in (N_F, N_T) order, as the frozen embeddings read them
             rows = (ids // n_t)[..., None]                                         # (B, n, 1): each patch's row
-            sums = patches.new_zeros(len(x), n_f, patches.shape[-1]).scatter_add_(1, rows.expand_as(patches), patches)
-            counts = patches.new_zeros(len(x), n_f, 1).scatter_add_(1, rows, torch.ones_like(rows, dtype=patches.dtype))
+            sums = patches.new_zeros(len(x), n_f, patches.shape[-1]).scatter_add_(
+                1, rows.expand_as(patches), patches * weight[..., None])
+            counts = patches.new_zeros(len(x), n_f, 1).scatter_add_(1, rows, weight[..., None])
             pooled = (sums / counts.clamp(min=1)).flatten(1)                       # (B, N_F*D)
         else:
-            pooled = tokens[:, prefix:].mean(dim=1)                                # (B, D)
+            pooled = (patches * weight[..., None]).sum(1) / weight.sum(1, keepdim=True).clamp(min=1)  # (B, D)
         return self.head_norm(pooled)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, real: Tensor | None = None) -> Tensor:
         """x: (B, 1, F, T) normalised log-mel -> logits (B, C); see `features`."""
-        return self.head(self.features(x, generator))
+        return self.head(self.features(x, generator, real))

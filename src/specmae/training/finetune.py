@@ -161,7 +161,7 @@ class FoldTrainer:
             if aug.mixup in ("spectrogram", "both"):
                 x, y, _ = mixup(x, y, aug.mixup_alpha, generator)
             x = spec_augment(x, aug.freq_mask, aug.time_mask, generator)
-        logits = net(x, generator=generator).float()                                    # (B, C)
+        logits = net(x, generator=generator, real=real).float()                                   # (B, C)
         if cfg.loss == "ce":
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         return F.binary_cross_entropy_with_logits(logits, y * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2)
@@ -202,7 +202,7 @@ class FoldTrainer:
             real = torch.tensor([frontend.num_frames(min(len(w), self.crop)) for w in waves],
                                 device=self.env.device)
             x = self.inputs(torch.from_numpy(batch).to(self.env.device), real)
-            out.append(self.model.features(x).float().cpu().numpy())
+            out.append(self.model.features(x, real=real).float().cpu().numpy())
         return np.concatenate(out)
 
     def probe_classifier(self) -> None:
