@@ -3,6 +3,8 @@
     python benchmarks/bench_finetune_sizes.py --checkpoint runs/demo
     python benchmarks/bench_finetune_sizes.py --checkpoint runs/demo --tasks digit --fractions 0.1,1
     python benchmarks/bench_finetune_sizes.py --smoke      # tiny random model, 60 clips: checks the script
+    python benchmarks/bench_finetune_sizes.py --checkpoint runs/demo --tasks digit --fractions 0.1 --recipes after \
+        --set model.pool_padding=true     # an ablation: one field changed over the recipes
 
 Tasks: ../shared/data/fsdd/meta.csv with label=digit (10 classes) and label=speaker (6), the
 training rows subsampled to a share (stratified by the label, seeded; the test rows all kept),
@@ -32,18 +34,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import load_average, machine  # noqa: E402
 
 from specmae.audio import synth  # noqa: E402
-from specmae.config import FinetuneConfig, compose, read_config_file  # noqa: E402
+from specmae.config import FinetuneConfig, compose_cli, read_config_file  # noqa: E402
 from specmae.evaluation.tasks import Task, load_task  # noqa: E402
 from specmae.training.finetune_run import finetune  # noqa: E402
 
 FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"
 
 
-def recipe(name: str, smoke: bool) -> FinetuneConfig:
+def recipe(name: str, smoke: bool, sets: list[str] = ()) -> FinetuneConfig:
+    """The named recipe with `--set KEY=VALUE` items on top (an ablation of one field)."""
     if name == "before":
-        cfg = compose([read_config_file("maskspec-finetune"), dict(prefer="finetuned", probe="none")], FinetuneConfig)
+        layers = [read_config_file("maskspec-finetune"), dict(prefer="finetuned", probe="none")]
     else:
-        cfg = FinetuneConfig()
+        layers = []
+    cfg = compose_cli(layers, {}, list(sets), FinetuneConfig)
     cfg.train.workers = 0
     if smoke:
         cfg.train.epochs, cfg.train.batch_size, cfg.min_steps = 2, 16, 10
@@ -84,6 +88,8 @@ def main() -> None:
     p.add_argument("--fractions", default="0.1,0.3,1")
     p.add_argument("--recipes", default="before,after")
     p.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a fine-tuning config field over both recipes, e.g. model.pool_padding=true")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -106,7 +112,7 @@ def main() -> None:
     for task in tasks:
         for name in args.recipes.split(","):
             started = time.perf_counter()
-            report = finetune(recipe(name, args.smoke), checkpoint, task, out / task.name / name, progress=False)
+            report = finetune(recipe(name, args.smoke, args.set), checkpoint, task, out / task.name / name, progress=False)
             seconds = time.perf_counter() - started
             c, fold = report["config"]["train"], report["folds"][0]
             probe = report["frozen_probe"]

@@ -436,6 +436,22 @@ def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path
     assert patched.features(torch.randn(2, 1, 80, 96), torch.Generator().manual_seed(0)).isfinite().all()
 
 
+def test_the_probe_classifier_learns_from_every_window_of_a_long_clip(tmp_path):
+    # Clips of two 96-frame windows: the first the same quiet noise in every clip, the second a
+    # tone or loud noise, the class. Trained on first windows only, the probe classifier could
+    # not beat chance (it did not, before it read every window).
+    rng = np.random.default_rng(0)
+    lead, t = rng.normal(0, 0.01, 15360).astype(np.float32), np.arange(15360) / 16000
+    second = [np.sin(2 * np.pi * rng.uniform(300, 3000) * t) * 0.5 if i % 2 else rng.normal(0, 0.3, len(t))
+              for i in range(60)]
+    task = Task.from_arrays("late", [np.concatenate([lead, w]).astype(np.float32) for w in second],
+                            ["tone" if i % 2 else "noise" for i in range(60)],
+                            ["test" if i % 5 == 4 else "train" for i in range(60)], sample_rate=16000)
+    cfg = ft_config(train=dict(epochs=1, blr=1e-9, min_lr=0), probe="linear", lp_ft=False, model=dict(pool="freq"))
+    fold = finetune(cfg, random_checkpoint(tmp_path / "ckpt"), task, tmp_path / "run", progress=False)["folds"][0]
+    assert fold["probe_test"] > 0.9, fold   # chance: 0.5
+
+
 def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path, pretrained):
     ckpt = pretrained
     task = synth_task(120, duration=1.2)

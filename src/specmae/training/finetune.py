@@ -36,6 +36,7 @@ from ..evaluation.metrics import score
 from ..evaluation.probe import train_probe
 from ..evaluation.report import confusion
 from ..evaluation.tasks import Split, Task, TaskError
+from ..features.chunking import windows
 from ..features.predict import Predictor
 from ..files import atomic_write_text
 from ..schema import ConfigError
@@ -188,22 +189,21 @@ class FoldTrainer:
             trainer.checkpoint("best")
 
     @torch.no_grad()
-    def window_features(self, idx: np.ndarray) -> np.ndarray:
-        """(N, D) head inputs of the frozen model for task clips `idx`, each on its first window of
-        T frames (zero-padded as in training), in eval mode."""
+    def window_features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Head inputs of the frozen model (eval mode) for every window of task clips `idx`, cut as
+        `predict` cuts them (T frames each, the last zero-padded and pooled over its audio only)
+        -> (W, D) features and (W,) the position in `idx` of each window's clip."""
         self.model.eval()
-        out = []
+        frontend, device, T = self.predictor.frontend, self.env.device, self.cfg.model.n_frames
+        features, owners = [], []
         for i in range(0, len(idx), EVAL_CLIPS):
-            waves = self.clips(idx[i:i + EVAL_CLIPS])
-            batch = np.zeros((len(waves), self.crop), np.float32)
-            for j, w in enumerate(waves):
-                batch[j, :min(len(w), self.crop)] = w[:self.crop]
-            frontend = self.ck.config.frontend
-            real = torch.tensor([frontend.num_frames(min(len(w), self.crop)) for w in waves],
-                                device=self.env.device)
-            x = self.inputs(torch.from_numpy(batch).to(self.env.device), real)
-            out.append(self.model.features(x, real=real).float().cpu().numpy())
-        return np.concatenate(out)
+            lms = [(frontend(torch.as_tensor(w, device=device)) - self.mean) / self.std
+                   for w in self.clips(idx[i:i + EVAL_CLIPS])]
+            for x, where in windows(lms, T, EVAL_CLIPS):
+                real = torch.tensor([n for _, _, n in where], device=device)
+                features.append(self.model.features(x, real=real).float().cpu().numpy())
+                owners += [i + clip for clip, _, _ in where]
+        return np.concatenate(features), np.asarray(owners)
 
     def probe_classifier(self) -> None:
         """The frozen encoder's own classifier, and the LP of LP-FT: the winner of the config's probe
@@ -214,10 +214,11 @@ class FoldTrainer:
         'linear' grid's; otherwise from the new head."""
         cfg, s, kind, C = self.cfg, self.split, self.task.kind, len(self.task.classes)
         y = self.y if kind == "multilabel" else self.y.astype(np.int64)
-        x_tr, x_va = self.window_features(s.train), self.window_features(s.valid)
+        (x_tr, of_tr), (x_va, of_va) = self.window_features(s.train), self.window_features(s.valid)
+        y_tr, y_va = y[s.train][of_tr], y[s.valid][of_va]  # each window has its clip's label
 
         def fit(grid: str):  # the validation part stands in for the unused test part
-            return train_probe(x_tr, y[s.train], x_va, y[s.valid], x_va, y[s.valid], kind=kind,
+            return train_probe(x_tr, y_tr, x_va, y_va, x_va, y_va, kind=kind,
                                metric=self.task.metric, n_classes=C,
                                config=replace(GRIDS[grid], seed=cfg.train.seed, precision="fp32"))
         won = fit("linear" if cfg.probe == "none" else cfg.probe)
