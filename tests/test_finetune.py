@@ -35,7 +35,7 @@ from test_pretrain import kill_at_checkpoint
 from specmae.training.augment import mixup, random_gain, spec_augment
 from specmae.training.clips import balanced_weights
 from specmae.training.engine import Dist, Trainer, param_groups
-from specmae.training.finetune import layer_scale
+from specmae.training.finetune import FoldTrainer, layer_scale
 from specmae.training.finetune_run import finetune
 from specmae.training.pretrain import pretrain
 
@@ -180,6 +180,31 @@ def test_augmentations_keep_shapes_and_are_seeded():
     assert gained.shape == waves.shape and ((ratio > 10 ** (-7 / 20)) & (ratio < 10 ** (7 / 20))).all()
     again = spec_augment(x, 0.375, 0.2, torch.Generator().manual_seed(5))
     assert torch.equal(again, spec_augment(x, 0.375, 0.2, torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("where", ["waveform", "spectrogram"])
+def test_the_pooling_reads_every_frame_that_mixup_filled(tmp_path, where):
+    # Short clips of different lengths, mixed: a clip mixed with a longer one holds audio past its
+    # own length, and the frames the classifier pools (`real`) must cover it.
+    ck = load(random_checkpoint(tmp_path / "ckpt"))
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(0, 0.1, 1600 * (1 + i % 5)).astype(np.float32) for i in range(40)]
+    task = Task.from_arrays("short", waves, [str(i % 4) for i in range(40)], ["train"] * 30 + ["test"] * 10,
+                            sample_rate=16000)
+    cfg = ft_config(augment=dict(mixup=where, mixup_alpha=1.0, freq_mask=0, time_mask=0)).for_task(task.kind)
+    cfg.model.n_frames = 96
+    trainer = FoldTrainer(cfg, ck, task, task.splits()[0], lambda idx: [task.waves[i] for i in idx],
+                          tmp_path / "run", Dist(), progress=False)
+    seen = {}
+
+    def net(x, generator=None, real=None):
+        seen.update(x=x, real=real)
+        return torch.zeros(len(x), 4, requires_grad=True)
+    trainer.loss(net, trainer.epoch_data(0)[0], step=0, micro_step=0)
+    x, real = seen["x"][:, 0], seen["real"]
+    filled = (x != 0).any(dim=1)                                       # (B, T) frames holding audio
+    last = torch.where(filled.any(1), 95 - filled.flip(1).int().argmax(1), -1)
+    assert (last < real).all()
 
 
 def test_patchout_and_drop_path_act_in_training_only():

@@ -160,7 +160,8 @@ class FoldTrainer:
                 real = torch.maximum(real, real[perm])
             x = self.inputs(waves, real)
             if aug.mixup in ("spectrogram", "both"):
-                x, y, _ = mixup(x, y, aug.mixup_alpha, generator)
+                x, y, perm = mixup(x, y, aug.mixup_alpha, generator)
+                real = torch.maximum(real, real[perm])
             x = spec_augment(x, aug.freq_mask, aug.time_mask, generator)
         logits = net(x, generator=generator, real=real).float()                                   # (B, C)
         if cfg.loss == "ce":
