@@ -624,7 +624,10 @@ def test_kill_minus_9_then_resume_matches_uninterrupted(tmp_path, corpus_task):
                              str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     kill_at_checkpoint(proc, tmp_path / "cut" / "model" / "checkpoints", 12, timeout=300)
     assert not (tmp_path / "cut" / "report.json").exists()
-    specmae_cli("finetune", *args, "--out", tmp_path / "cut", "--resume", env=env)
+    # --resume starts from the run's own options (only those given again are checked against
+    # them), and may change how steps are computed: here how often checkpoints are written
+    specmae_cli("finetune", ckpt, corpus_task, "--out", tmp_path / "cut", "--resume", "--checkpoint-every", "5",
+                "--quiet", env=env)
     specmae_cli("finetune", *args, "--out", tmp_path / "full", env=env)
     for name in ("best", "."):  # the kept checkpoint and the last one
         cut, cut_cfg = load_checkpoint(tmp_path / "cut" / "model" / "checkpoints" / name)

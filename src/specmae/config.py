@@ -153,6 +153,11 @@ def finetune_train() -> TrainConfig:
                        keep_checkpoints=1, decay_tokens=False)
 
 
+# TrainConfig fields that say how steps are computed, not what they compute: a resumed run (pre-
+# training or fine-tuning) may change them; its model, data order and schedule stay its own.
+RESUME_MAY_DIFFER = ("workers", "micro_batch", "bf16", "compile", "checkpoint_every", "keep_checkpoints",
+                     "log_every", "dist_timeout", "snapshot_every")
+
 LOSSES = ("auto", "ce", "bce")
 SAMPLERS = ("auto", "uniform", "balanced")
 TASK_KINDS = ("multiclass", "multilabel", "binary")

@@ -26,10 +26,14 @@ def _evaluation(out: Path) -> tuple[str, str] | None:
 
 
 def finetune_config(args: argparse.Namespace):
-    """Fine-tuning defaults <- --config file <- named flags <- --set key=value, validated as a whole."""
+    """Fine-tuning defaults <- --config file <- named flags <- --set key=value, validated as a whole. A
+    resumed run starts from the config it was started with, so only the options given are checked."""
     from ..config import FinetuneConfig, compose_cli, read_config_file
+    from ..training.finetune_run import asked_config
 
     layers = [read_config_file(args.config)] if args.config else []
+    if args.resume:
+        layers.insert(0, asked_config(args.out))
     flags = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.micro_batch": args.micro_batch,
              "train.blr": args.blr, "train.seed": args.seed, "train.workers": args.workers,
              "train.checkpoint_every": args.checkpoint_every, "model.n_frames": args.frames,

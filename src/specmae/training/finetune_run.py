@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..checkpoint import load
 from ..checkpoint.hub import reference
-from ..config import FinetuneConfig
+from ..config import RESUME_MAY_DIFFER, FinetuneConfig
 from ..evaluation.embedders import AudioStore
 from ..evaluation.report import (cell, chance, mean_std, notes, plot_confusion, plot_curves, table, task_summary,
                                  write_report)
@@ -64,7 +64,7 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     `out` is claimed as outputs.claim says: a fine-tuning run there is continued with `resume`
     (its config.json compared field by field with this one's), else refused, or moved aside on
     `overwrite`, as is any other non-empty folder."""
-    cfg.validate()
+    asked = cfg.validate().to_dict()  # as given: what `specmae finetune --resume` starts from (asked_config)
     claimed = claim(out, "folder", "specmae finetune", overwrite=overwrite, resume=resume, offer_resume=True,
                     ours=_describe_run)  # before any work
     out = claimed.path
@@ -81,13 +81,15 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     rate = ck.config.frontend.sample_rate
     store = AudioStore()
     store.check([task], rate)  # every clip decodes, or one error listing the bad ones
-    run_config = dict(source=reference(source), task=task_summary(task), finetune=cfg.to_dict())
+    run_config = dict(source=reference(source), task=task_summary(task), finetune=cfg.to_dict(), asked=asked)
     if claimed.resumes and (stored := read_settings(out / "config.json")) is not None:
         try:  # read as a FinetuneConfig: a field added since the run started takes the value it had then
             stored["finetune"] = FinetuneConfig.stored(stored.get("finetune")).to_dict()
         except ConfigError as e:
             raise ConfigError(f"{out / 'config.json'}: {e}") from e
-        check_resume(out, out / "config.json", stored, run_config)
+        check_resume(out, out / "config.json", {k: v for k, v in stored.items() if k != "asked"},
+                     {k: v for k, v in run_config.items() if k != "asked"},
+                     tuple(f"finetune.train.{k}" for k in RESUME_MAY_DIFFER))
     env.barrier()  # every process has checked before the main one moves anything aside
     if env.main:
         claimed.take()
@@ -117,6 +119,19 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
     kept = next(r for r in results if r.name == report["kept"])
     atomic_write_text(out / "latest", f"{kept.name}/checkpoints/{kept.kept}\n")
     return report
+
+
+def asked_config(out: str | os.PathLike) -> dict:
+    """The fine-tuning config the run in `out` was started with, as given (before its 'auto' choices
+    and the fitting to the task's size), or {} for a run written before it was recorded: what a
+    resumed run starts from, so that only the options given again are checked against the run's."""
+    stored = read_settings(Path(out) / "config.json")
+    if stored is None or not isinstance(stored.get("asked"), dict):
+        return {}
+    try:
+        return FinetuneConfig.stored(stored["asked"]).to_dict()
+    except ConfigError:
+        return {}  # finetune() names what is wrong with the run's config.json
 
 
 def _describe_run(out: Path) -> tuple[str, str] | None:

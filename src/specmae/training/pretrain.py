@@ -26,7 +26,7 @@ from ..audio import FrontendConfig, synth
 from ..audio.normalize import NormStats
 from ..checkpoint import CONFIG, resolve
 from ..checkpoint.loader import META_KEYS, parse_config
-from ..config import RunConfig
+from ..config import RESUME_MAY_DIFFER as TRAIN_MAY_DIFFER, RunConfig
 from ..files import atomic_write_text
 from ..schema import ConfigError
 from ..masking import HINTED, Masker, hint_ratio
@@ -38,11 +38,7 @@ from .. import outputs
 from .runs import Resumable, open_run
 from .snapshots import reconstruction_snapshots
 
-# What a resumed run may change: how its steps are computed, not what they compute (the model,
-# front-end, masking, data order and schedule stay those of its checkpoints).
-RESUME_MAY_DIFFER = tuple(f"train.{k}" for k in ("workers", "micro_batch", "bf16", "compile", "checkpoint_every",
-                                                 "keep_checkpoints", "log_every",
-                                                 "dist_timeout", "snapshot_every"))
+RESUME_MAY_DIFFER = tuple(f"train.{k}" for k in TRAIN_MAY_DIFFER)  # what a resumed run may change (config.py)
 
 log = logging.getLogger(__name__)
 
