@@ -35,7 +35,7 @@ from test_pretrain import kill_at_checkpoint
 from specmae.training.augment import mixup, random_gain, spec_augment
 from specmae.training.clips import balanced_weights
 from specmae.training.engine import Dist, Trainer, param_groups
-from specmae.training.finetune import FoldTrainer, layer_scale
+from specmae.training.finetune import FoldTrainer, layer_scale, probe_is_better
 from specmae.training.finetune_run import finetune
 from specmae.training.pretrain import pretrain
 
@@ -461,28 +461,53 @@ def test_freq_pooling_is_the_frozen_clip_embedding_that_evaluate_probes(tmp_path
     assert patched.features(torch.randn(2, 1, 80, 96), torch.Generator().manual_seed(0)).isfinite().all()
 
 
-def test_the_probe_classifier_learns_from_every_window_of_a_long_clip(tmp_path):
-    # Clips of two 96-frame windows: the first the same quiet noise in every clip, the second a
-    # tone or loud noise, the class. Trained on first windows only, the probe classifier could
-    # not beat chance (it did not, before it read every window).
+def tone_or_noise(n: int, lead: bool = False) -> Task:
+    """n clips of 0.96 s (one window of the 96-frame test models), a tone (class 'tone') or loud
+    noise ('noise'): easy for a probe even on a random encoder. lead: each clip preceded by the same
+    0.96 s of quiet noise, so that its first window tells nothing; every fifth clip is test."""
     rng = np.random.default_rng(0)
-    lead, t = rng.normal(0, 0.01, 15360).astype(np.float32), np.arange(15360) / 16000
-    second = [np.sin(2 * np.pi * rng.uniform(300, 3000) * t) * 0.5 if i % 2 else rng.normal(0, 0.3, len(t))
-              for i in range(60)]
-    task = Task.from_arrays("late", [np.concatenate([lead, w]).astype(np.float32) for w in second],
-                            ["tone" if i % 2 else "noise" for i in range(60)],
-                            ["test" if i % 5 == 4 else "train" for i in range(60)], sample_rate=16000)
+    quiet, t = rng.normal(0, 0.01, 15360).astype(np.float32), np.arange(15360) / 16000
+    waves = [np.sin(2 * np.pi * rng.uniform(300, 3000) * t) * 0.5 if i % 2 else rng.normal(0, 0.3, len(t))
+             for i in range(n)]
+    return Task.from_arrays("tone-or-noise", [np.concatenate([quiet, w] if lead else [w]).astype(np.float32)
+                                              for w in waves],
+                            ["tone" if i % 2 else "noise" for i in range(n)],
+                            ["test" if i % 5 == 4 else "train" for i in range(n)], sample_rate=16000)
+
+
+def test_the_probe_classifier_learns_from_every_window_of_a_long_clip(tmp_path):
+    # Clips of two windows, the first the same in every clip: trained on first windows only, the
+    # probe classifier could not beat chance (it did not, before it read every window).
     cfg = ft_config(train=dict(epochs=1, blr=1e-9, min_lr=0), probe="linear", lp_ft=False, model=dict(pool="freq"))
+    task = tone_or_noise(60, lead=True)
     fold = finetune(cfg, random_checkpoint(tmp_path / "ckpt"), task, tmp_path / "run", progress=False)["folds"][0]
     assert fold["probe_test"] > 0.9, fold   # chance: 0.5
 
 
-def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path, pretrained):
-    ckpt = pretrained
-    task = synth_task(120, duration=1.2)
-    # A learning rate of almost 0 and a new head: the fine-tuned model stays at chance. The 'hear'
-    # grid has MLP heads only, so the probe classifier is an MLP on the frozen encoder.
-    cfg = ft_config(train=dict(epochs=1, blr=1e-9, min_lr=0), lp_ft=False, probe="hear")
+def test_the_probe_replaces_the_finetuned_model_only_when_better_on_validation_beyond_chance():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    right, wrong = np.eye(4)[y], np.eye(4)[(y + 1) % 4]
+    tuned = np.where(rng.random((400, 1)) < 0.9, right, wrong)                     # 90 % right
+    better = np.where(rng.random((400, 1)) < 0.98, right, wrong)                   # 98 % right
+    slightly = tuned.copy()          # right on 6 clips that `tuned` misses, wrong on 3 it gets: +0.75 points
+    fixed, broken = np.flatnonzero(tuned.argmax(1) != y)[:6], np.flatnonzero(tuned.argmax(1) == y)[:3]
+    slightly[fixed], slightly[broken] = right[fixed], wrong[broken]
+    assert probe_is_better("accuracy", y, tuned, better, seed=0)
+    assert not probe_is_better("accuracy", y, tuned, slightly, seed=0)
+    assert not probe_is_better("accuracy", y, tuned, tuned, seed=0)
+    assert not probe_is_better("accuracy", y, better, tuned, seed=0)
+    multi = (rng.random((60, 3)) < 0.3).astype(np.float32)                         # some resamples lack positives
+    assert probe_is_better("mAP", multi, rng.random((60, 3)), multi * 0.8 + 0.1, seed=0)
+
+
+def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_probe(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "ckpt")
+    task = tone_or_noise(100)
+    # A learning rate of almost 0 and a new head: the fine-tuned model stays at chance, and the
+    # probe classifier is right on every validation clip, beyond chance. The 'hear' grid has MLP
+    # heads only, so the probe classifier is an MLP on the frozen encoder.
+    cfg = ft_config(train=dict(epochs=1, blr=1e-9, min_lr=0), lp_ft=False, probe="hear", model=dict(pool="freq"))
     report = finetune(cfg, ckpt, task, tmp_path / "run", progress=False)
     fold = report["folds"][0]
     assert fold["probe_valid"] > fold["valid"] and fold["kept"] == "probe" and fold["probe_head"] in ("mlp1", "mlp2")
@@ -496,7 +521,7 @@ def test_a_finetuning_that_loses_to_the_probe_says_so_and_predicts_with_the_prob
     for name, value in ck.model.encoder.state_dict().items():      # the frozen pre-trained encoder
         assert torch.equal(start[name], value), name
     predictor = specmae.load(tmp_path / "run")
-    assert isinstance(predictor, Predictor) and predictor.labels == list(synth.CLASSES)
+    assert isinstance(predictor, Predictor) and predictor.labels == list(task.classes)
     assert predictor.classifier.cfg.head == fold["probe_head"]
     # LP-FT: with the same (null) learning rate, fine-tuning starts from and stays at the probe's head
     lpft = finetune(replace(cfg, lp_ft=True, probe="none"), ckpt, task, tmp_path / "lpft", progress=False)

@@ -113,8 +113,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--blr", type=float, help="base lr; lr = blr * batch_size / 256")
     p.add_argument("--probe", help="frozen-probe grid for the comparison: full, hear, linear, fast, none")
     p.add_argument("--prefer", choices=["best", "finetuned", "probe"],
-                   help="what the run's latest (predict, specmae.load) uses: the better on validation of the "
-                        "fine-tuned model and the probe classifier (the probe grid's winning head on the frozen encoder; default best), or one of them")
+                   help="what the run's latest (predict, specmae.load) uses: best (default): the fine-tuned model "
+                        "unless the probe classifier (the probe grid's winning head on the frozen encoder) is better "
+                        "on validation beyond chance; or one of them")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--seed", type=int)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load, load_checkpoint, save_checkpoint
 from ..checkpoint.loader import Checkpoint
 from ..config import GRIDS, FinetuneConfig, FinetuneInfo
 from ..evaluation.metrics import score
@@ -37,7 +37,7 @@ from ..evaluation.probe import train_probe
 from ..evaluation.report import confusion
 from ..evaluation.tasks import Split, Task, TaskError
 from ..features.chunking import windows
-from ..features.predict import Predictor
+from ..features.predict import Predictor, from_checkpoint
 from ..files import atomic_write_text
 from ..schema import ConfigError
 from ..model.classifier import Classifier, ClassifierConfig
@@ -241,6 +241,21 @@ class FoldTrainer:
             start = won if head == "linear" else fit("linear")
             self.model.load_probe_head(start.head, start.mean, start.std)
 
+    def kept(self, result: FoldResult) -> str:
+        """What the fold's `latest` names: 'best' (the fine-tuned checkpoint kept on validation) or
+        'probe' (the probe classifier), as `prefer` says; for 'best' the probe only when it is
+        better on validation beyond chance (probe_is_better)."""
+        prefer = self.cfg.prefer
+        if prefer != "best" or result.probe_valid is None or result.probe_valid <= result.valid:
+            return "probe" if prefer == "probe" else "best"
+        predictor = from_checkpoint(load(self.trainer.checkpoints / "probe", self.env.device))
+        valid = self.split.valid
+        better = probe_is_better(self.task.metric, self.y[valid], self.probabilities(valid),
+                                 self.probabilities(valid, predictor), self.cfg.train.seed)
+        log.info("fold %s: the probe classifier is better on validation (%.4f vs %.4f), %s", self.split.name,
+                 result.probe_valid, result.valid, "beyond chance: kept" if better else "within chance: not kept")
+        return "probe" if better else "best"
+
     def run(self, max_steps: int | None = None) -> FoldResult | None:
         trainer = self.trainer
         if trainer.step == 0:  # a run resumed mid-way has its probe; one from before LP-FT has none
@@ -259,7 +274,7 @@ class FoldTrainer:
                             len(test), ex["best_epoch"], ex["best_step"], ex["best"],
                             score(self.task.metric, self.y[test], probs), counts, ex.get("probe_valid"),
                             ex.get("probe_test"), probe_head=ex.get("probe_head", "linear"))
-        result.kept = kept_checkpoint(result, self.cfg.prefer)
+        result.kept = self.kept(result)
         if self.env.main:
             # `specmae.load(run)` and `predict` take the kept checkpoint, not the last one.
             atomic_write_text(self.run_dir / "latest", f"checkpoints/{result.kept}\n")
@@ -268,13 +283,28 @@ class FoldTrainer:
         return result
 
 
-def kept_checkpoint(result: FoldResult, prefer: str) -> str:
-    """'best' (the fine-tuned checkpoint kept on validation) or 'probe' (the probe classifier on
-    the frozen encoder): as `prefer` says, or for 'best' the better on validation (ties: fine-tuned)."""
-    if prefer == "probe" or (prefer == "best" and result.probe_valid is not None
-                             and result.probe_valid > result.valid):
-        return "probe"
-    return "best"
+# prefer 'best': the probe classifier replaces the fine-tuned model only when it scores higher on
+# at least this share of paired bootstrap resamples of the validation clips (probe_is_better).
+PROBE_CONFIDENCE = 0.95
+RESAMPLES = 500
+
+
+def probe_is_better(metric: str, y: np.ndarray, tuned: np.ndarray, probe: np.ndarray, seed: int) -> bool:
+    """Whether validation probabilities `probe` (the probe classifier's) beat `tuned` (the fine-tuned
+    model's) on targets `y` beyond the validation part's chance: the metric higher in at least
+    PROBE_CONFIDENCE of RESAMPLES resamples of the clips, the same clips for both. A plain
+    comparison favours the probe, whose grid config and epoch were chosen on these clips (on FSDD
+    digits: 96.5 vs 95.0 on validation, 93.3 vs 96.3 on test)."""
+    rng = np.random.default_rng([seed, 21])
+    wins = counted = 0
+    for _ in range(RESAMPLES):
+        i = rng.integers(0, len(y), len(y))
+        try:
+            wins += score(metric, y[i], probe[i]) > score(metric, y[i], tuned[i])
+        except ValueError:  # the metric is undefined on this resample (mAP: a class with no positive)
+            continue
+        counted += 1
+    return counted > 0 and wins >= PROBE_CONFIDENCE * counted
 
 
 def read_result(run_dir: Path) -> FoldResult | None:

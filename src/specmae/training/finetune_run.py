@@ -7,7 +7,8 @@
                                 for k-fold): checkpoints/ with `best` (fine-tuned) and `probe`
                                 (the probe grid's winning head on the frozen encoder) kept beside
                                 the rotation, log.jsonl, tb/, result.json; its `latest` names the
-                                better of the two on validation (or the one `prefer` names)
+                                fine-tuned one unless the probe is better on validation beyond
+                                chance (or the one `prefer` names)
     RUN/latest                  -> the kept checkpoint of the fold with the best validation score,
                                 so that `specmae.load(RUN)` and `specmae predict RUN` take it
     RUN/report.json, report.md  the test metric per fold, mean and std, beside the frozen probe's
