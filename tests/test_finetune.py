@@ -484,6 +484,20 @@ def test_the_probe_classifier_learns_from_every_window_of_a_long_clip(tmp_path):
     assert fold["probe_test"] > 0.9, fold   # chance: 0.5
 
 
+def test_the_probe_classifier_reads_windows_of_at_least_half_a_width_and_every_first_one(tmp_path):
+    ck = load(random_checkpoint(tmp_path / "ckpt"))
+    rng = np.random.default_rng(0)
+    # 193 frames: windows of 96, 96 and 1 frames; 40 frames: one short first window; 144: 96 + 48
+    waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (30720, 6400, 22880) * 4]
+    task = Task.from_arrays("lengths", waves, ["a", "b", "c"] * 4, ["train"] * 9 + ["test"] * 3, sample_rate=16000)
+    cfg = ft_config(train=dict(batch_size=4)).for_task(task.kind)
+    cfg.model.n_frames = 96
+    trainer = FoldTrainer(cfg, ck, task, task.splits()[0], lambda idx: [task.waves[i] for i in idx],
+                          tmp_path / "run", Dist(), progress=False)
+    features, owners = trainer.window_features(np.arange(3))
+    assert owners.tolist() == [0, 0, 1, 2, 2] and features.shape[0] == 5
+
+
 def test_the_probe_replaces_the_finetuned_model_only_when_better_on_validation_beyond_chance():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 400)

@@ -191,9 +191,11 @@ class FoldTrainer:
 
     @torch.no_grad()
     def window_features(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Head inputs of the frozen model (eval mode) for every window of task clips `idx`, cut as
+        """Head inputs of the frozen model (eval mode) for the windows of task clips `idx`, cut as
         `predict` cuts them (T frames each, the last zero-padded and pooled over its audio only)
-        -> (W, D) features and (W,) the position in `idx` of each window's clip."""
+        -> (W, D) features and (W,) the position in `idx` of each window's clip. A last window of
+        less than half T frames is left out (but a clip's first): `predict` weights windows by
+        their frames, and a row of a few frames would count as much as a full one."""
         self.model.eval()
         frontend, device, T = self.predictor.frontend, self.env.device, self.cfg.model.n_frames
         features, owners = [], []
@@ -201,9 +203,10 @@ class FoldTrainer:
             lms = [(frontend(torch.as_tensor(w, device=device)) - self.mean) / self.std
                    for w in self.clips(idx[i:i + EVAL_CLIPS])]
             for x, where in windows(lms, T, EVAL_CLIPS):
-                real = torch.tensor([n for _, _, n in where], device=device)
-                features.append(self.model.features(x, real=real).float().cpu().numpy())
-                owners += [i + clip for clip, _, _ in where]
+                keep = [j for j, (_, k, n) in enumerate(where) if k == 0 or 2 * n >= T]
+                real = torch.tensor([where[j][2] for j in keep], device=device)
+                features.append(self.model.features(x[keep], real=real).float().cpu().numpy())
+                owners += [i + where[j][0] for j in keep]
         return np.concatenate(features), np.asarray(owners)
 
     def probe_classifier(self) -> None:
