@@ -265,7 +265,7 @@ class FinetuneConfig:
     def stored(cls, data) -> "FinetuneConfig":
         """A fine-tuning config as a run recorded it: a field the run predates (ADDED_SINCE) takes
         the value the run trained with, not today's default."""
-        return cls.from_dict(_with_defaults(data, ADDED_SINCE))
+        return cls.from_dict(merge(ADDED_SINCE, data) if isinstance(data, dict) else data)
 
     def for_task(self, kind: str) -> "FinetuneConfig":
         """The config with its 'auto' choices made for a task of `kind`; ConfigError when an option
@@ -339,22 +339,8 @@ class FinetuneInfo:
     def from_dict(cls, d: dict) -> "FinetuneInfo":
         """Read as the checkpoint was made: its config's fields added since take the values it had then."""
         if isinstance(d, dict) and isinstance(d.get("config"), dict):
-            d = dict(d, config=_with_defaults(d["config"], ADDED_SINCE))
+            d = dict(d, config=merge(ADDED_SINCE, d["config"]))
         return from_dict(cls, d, "finetune")
-
-
-def _with_defaults(data, defaults: dict):
-    """Mapping `data` with `defaults` filled in where it has no value, nested mappings merged alike;
-    anything but a mapping unchanged (from_dict names it)."""
-    if not isinstance(data, dict):
-        return data
-    out = dict(data)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(value, dict):
-            out[key] = _with_defaults(out[key], value)
-    return out
 
 
 def check_frontend_fits(frontend: FrontendConfig, model: ModelConfig) -> None:
