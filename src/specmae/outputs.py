@@ -129,16 +129,18 @@ def read_settings(path: Path) -> dict | None:
 
 def differences(old: dict, new: dict, may_differ: tuple[str, ...] = ()) -> list[str]:
     """The dotted fields whose values differ between two nested settings dicts, as
-    'model.encoder.depth: 2 then, 3 now'; fields in `may_differ` are left out.
+    'model.encoder.depth: 2 then, 3 now'; fields in `may_differ`, or in a section it names, are
+    left out.
 
     A checkpoint (a dict with its hashes: checkpoint.identity) is one field, compared by content:
     the same weights copied elsewhere are the same model.
     """
     a, b = _flat(old), _flat(new)
-    absent = "(absent)"
+    absent, sections = "(absent)", tuple(f"{m}." for m in may_differ)
     found = []
     for key in sorted(set(a) | set(b)):
-        if key in may_differ or (key in a, _content(a.get(key))) == (key in b, _content(b.get(key))):
+        if key in may_differ or key.startswith(sections) \
+                or (key in a, _content(a.get(key))) == (key in b, _content(b.get(key))):
             continue
         then, now = _show(a.get(key, absent)), _show(b.get(key, absent))
         found.append(f"{key}: {then} then, {now}{' with other contents' if then == now else ''} now")

@@ -88,9 +88,8 @@ def finetune(cfg: FinetuneConfig, source: str | os.PathLike, task: Task, out: st
             stored["finetune"] = FinetuneConfig.stored(stored.get("finetune")).to_dict()
         except ConfigError as e:
             raise ConfigError(f"{out / 'config.json'}: {e}") from e
-        check_resume(out, out / "config.json", {k: v for k, v in stored.items() if k != "asked"},
-                     {k: v for k, v in run_config.items() if k != "asked"},
-                     tuple(f"finetune.train.{k}" for k in RESUME_MAY_DIFFER))
+        check_resume(out, out / "config.json", stored, run_config,  # what was asked may differ, not what ran
+                     ("asked", *(f"finetune.train.{k}" for k in RESUME_MAY_DIFFER)))
     env.barrier()  # every process has checked before the main one moves anything aside
     if env.main:
         claimed.take()
